@@ -1,0 +1,1 @@
+"""Domain logic of the GalaxiesML builder, free of Beam: catalog parsing, cuts, dedup, splits."""

@@ -1,0 +1,111 @@
+"""Command line: `python -m pipeline [run] --catalog ... --output ...` builds the dataset;
+`python -m pipeline demo` runs it on a generated catalog; `generate-catalog` writes one."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from galaxiesml import synthetic_catalog
+from galaxiesml.catalog import CatalogError, catalog_columns
+from pipeline.build import build
+from pipeline.options import GalaxiesMLOptions, parse_fractions
+
+USAGE = """usage: python -m pipeline [run] --catalog PATTERN --output DIR [Beam flags...]
+       python -m pipeline demo [--rows N] [--seed S] [--output DIR] [Beam flags...]
+       python -m pipeline generate-catalog --rows N --out FILE
+
+`python -m pipeline run --help` lists every option, ours and Beam's."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line without a traceback."""
+
+
+def preflight(opts: GalaxiesMLOptions) -> list[str]:
+    """Check what can be checked before a job starts; returns the matched catalog files."""
+    if not opts.catalog:
+        raise UserError("--catalog is required: a catalog file or glob (CSV, CSV.gz, FITS, Parquet)")
+    if not opts.output:
+        raise UserError("--output is required: the directory the dataset is written to")
+    try:
+        parse_fractions(opts.split_fractions)
+    except ValueError as exc:
+        raise UserError(str(exc))
+    matches = [m.path for r in FileSystems.match([opts.catalog]) for m in r.metadata_list]
+    if not matches:
+        raise UserError(f"no catalog file matches {opts.catalog!r}: check the path")
+    for path in sorted(matches):
+        try:
+            with FileSystems.open(path) as stream:
+                catalog_columns(stream, path)
+        except CatalogError as exc:
+            raise UserError(str(exc))
+        except OSError as exc:
+            raise UserError(f"{path}: cannot be read ({exc})")
+    return sorted(matches)
+
+
+def run(argv: list[str]) -> dict:
+    """Build the dataset; returns the summary written to summary.json."""
+    opts = GalaxiesMLOptions(argv)
+    preflight(opts)
+    with beam.Pipeline(options=opts) as p:
+        build(p, opts)
+    with FileSystems.open(FileSystems.join(opts.output, "summary.json")) as f:
+        summary = json.load(f)
+    print_funnel(summary, opts.output)
+    return summary
+
+
+def print_funnel(summary: dict, output: str) -> None:
+    f = summary["funnel"]
+    lines = [f"rows read            {f['rows_read']:>10,}"]
+    lines += [f"  rejected {k:<20}{v:>9,}" for k, v in f["rejected_by_reason"].items()]
+    lines += [f"  duplicate {k:<19}{v:>9,}" for k, v in f["duplicates_by_key"].items()]
+    lines += [f"kept                 {f['kept']:>10,}"]
+    lines += [f"  {k:<27}{v:>9,}" for k, v in f["kept_by_split"].items()]
+    print("\n".join(lines))
+    print(f"outputs in {output} (catalog/*.parquet, summary.json)")
+
+
+def demo(argv: list[str]) -> dict:
+    """Generate a synthetic HSC export catalog and build from it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline demo", add_help=True)
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="out/demo")
+    args, beam_args = parser.parse_known_args(argv)
+    catalog = Path(args.output) / "input" / "hsc_pdr2_catalog.csv"
+    rows, _ = synthetic_catalog.make_catalog(args.rows, args.seed)
+    synthetic_catalog.write_catalog(rows, catalog)
+    print(f"demo: generated {rows.num_rows:,} catalog rows in {catalog}")
+    return run(["--catalog", str(catalog), "--output", args.output, *beam_args])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    command = argv.pop(0) if argv and not argv[0].startswith("-") else "run"
+    if argv[:1] in (["-h"], ["--help"]) and command == "run" and not argv[1:]:
+        pass
+    try:
+        if command == "run":
+            run(argv)
+        elif command == "demo":
+            demo(argv)
+        elif command == "generate-catalog":
+            return synthetic_catalog.main(argv)
+        else:
+            print(USAGE, file=sys.stderr)
+            return 2
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,50 @@
+"""Stage 1 (paper section 3.1): the catalog files, parsed into typed Arrow rows and rejects."""
+from __future__ import annotations
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+
+from galaxiesml.catalog import DEFAULT_BATCH_ROWS, read_catalog
+from galaxiesml.funnel import count_by
+from transforms import arrow  # noqa: F401  (registers the Arrow coder)
+from transforms.metrics import increment
+
+REJECTED = "rejected"
+
+
+class _ParseCatalogFile(beam.DoFn):
+    def __init__(self, batch_rows: int):
+        self.batch_rows = batch_rows
+
+    def process(self, metadata: fileio.FileMetadata):
+        with FileSystems.open(metadata.path) as stream:
+            for parsed in read_catalog(stream, metadata.path, self.batch_rows):
+                rows = pa.Table.from_batches([parsed.rows])
+                rejected = pa.Table.from_batches([parsed.rejected])
+                increment({"read": rows.num_rows + rejected.num_rows, **count_by(rejected, "reason", "rejected")})
+                if rows.num_rows:
+                    yield rows
+                if rejected.num_rows:
+                    yield beam.pvalue.TaggedOutput(REJECTED, rejected)
+
+
+class ReadCatalog(beam.PTransform):
+    """Files matching `pattern` (any Beam filesystem) -> {"rows", "rejected"} tables."""
+
+    def __init__(self, pattern: str, batch_rows: int = DEFAULT_BATCH_ROWS):
+        super().__init__()
+        self.pattern = pattern
+        self.batch_rows = batch_rows
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "MatchCatalogFiles" >> fileio.MatchFiles(self.pattern)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ParseCatalogFile"
+            >> beam.ParDo(_ParseCatalogFile(self.batch_rows))
+            .with_outputs(REJECTED, main="rows")
+            .with_output_types(pa.Table)
+        )
