@@ -14,6 +14,7 @@ from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import CatalogError, catalog_columns
 from pipeline.build import build
 from pipeline.options import GalaxiesMLOptions, parse_fractions
+from transforms.read_catalog import open_catalog
 
 USAGE = """usage: python -m pipeline [run] --catalog PATTERN --output DIR [Beam flags...]
        python -m pipeline demo [--rows N] [--seed S] [--output DIR] [Beam flags...]
@@ -41,7 +42,7 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
         raise UserError(f"no catalog file matches {opts.catalog!r}: check the path")
     for path in sorted(matches):
         try:
-            with FileSystems.open(path) as stream:
+            with open_catalog(path) as stream:
                 catalog_columns(stream, path)
         except CatalogError as exc:
             raise UserError(str(exc))
@@ -50,12 +51,20 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
     return sorted(matches)
 
 
+def run_pipeline(opts: GalaxiesMLOptions):
+    """Check the options, then run the job to completion; returns Beam's PipelineResult."""
+    preflight(opts)
+    p = beam.Pipeline(options=opts)
+    build(p, opts)
+    result = p.run()
+    result.wait_until_finish()
+    return result
+
+
 def run(argv: list[str]) -> dict:
     """Build the dataset; returns the summary written to summary.json."""
     opts = GalaxiesMLOptions(argv)
-    preflight(opts)
-    with beam.Pipeline(options=opts) as p:
-        build(p, opts)
+    run_pipeline(opts)
     with FileSystems.open(FileSystems.join(opts.output, "summary.json")) as f:
         summary = json.load(f)
     print_funnel(summary, opts.output)
@@ -93,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     command = argv.pop(0) if argv and not argv[0].startswith("-") else "run"
-    if argv[:1] in (["-h"], ["--help"]) and command == "run" and not argv[1:]:
-        pass
     try:
         if command == "run":
             run(argv)

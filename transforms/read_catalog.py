@@ -1,9 +1,12 @@
 """Stage 1 (paper section 3.1): the catalog files, parsed into typed Arrow rows and rejects."""
 from __future__ import annotations
 
+import io
+
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressedFile
 from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml.catalog import DEFAULT_BATCH_ROWS, read_catalog
@@ -14,12 +17,38 @@ from transforms.metrics import increment
 REJECTED = "rejected"
 
 
+class _RawReader(io.RawIOBase):
+    """Beam's CompressedFile as a plain Python stream (its `closed` is a method, which Arrow
+    reads as "closed")."""
+
+    def __init__(self, f: CompressedFile):
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._f.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def open_catalog(path: str) -> io.IOBase:
+    """Open a catalog file on any Beam filesystem, decompressing by its extension."""
+    f = FileSystems.open(path)
+    return io.BufferedReader(_RawReader(f)) if isinstance(f, CompressedFile) else f
+
+
 class _ParseCatalogFile(beam.DoFn):
     def __init__(self, batch_rows: int):
         self.batch_rows = batch_rows
 
     def process(self, metadata: fileio.FileMetadata):
-        with FileSystems.open(metadata.path) as stream:
+        with open_catalog(metadata.path) as stream:
             for parsed in read_catalog(stream, metadata.path, self.batch_rows):
                 rows = pa.Table.from_batches([parsed.rows])
                 rejected = pa.Table.from_batches([parsed.rejected])
