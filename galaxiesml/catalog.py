@@ -26,6 +26,8 @@ from galaxiesml.schema import (
 )
 
 DEFAULT_BATCH_ROWS = 65536
+#: Bytes of CSV text per parsed batch (~60,000 HSC export rows): small enough to bound memory.
+CSV_BLOCK_BYTES = 1 << 24
 
 #: Columns whose empty value makes a row unusable (the rest become NaN / null and meet the cuts).
 NON_NULL_COLUMNS = ("object_id", "specz_name", "ra", "dec")
@@ -151,7 +153,7 @@ def _read_csv(stream: BinaryIO, source: str, batch_rows: int) -> Iterator[RawBat
     reader = pacsv.open_csv(
         stream,
         read_options=pacsv.ReadOptions(
-            column_names=names, block_size=max(1 << 20, batch_rows * 256), use_threads=False
+            column_names=names, block_size=CSV_BLOCK_BYTES, use_threads=False
         ),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(
@@ -271,6 +273,8 @@ def coerce(
         blank = np.ones(raw.num_rows, bool)
         for col in raw.columns:
             blank &= np.asarray(pc.equal(pc.utf8_trim_whitespace(col), ""))
+            if not blank.any():  # usually settled by the first column
+                break
         if blank.any():
             raw = raw.filter(pa.array(~blank))
             lines = lines[~blank]
@@ -320,20 +324,12 @@ def coerce(
         raw=[_raw_json(r) for r in raw.take(pa.array(rejected_idx, pa.int64())).to_pylist()],
     )
     if malformed:
+        lost = pa.table({"source": [source] * len(malformed), "line": [m[0] for m in malformed]})
         rejected = pa.concat_tables(
             [
                 rejected,
-                pa.table(
-                    {
-                        "source": [source] * len(malformed),
-                        "line": [m[0] for m in malformed],
-                        "object_id": pa.nulls(len(malformed), pa.int64()),
-                        "specz_name": pa.nulls(len(malformed), pa.string()),
-                        "reason": ["malformed_row"] * len(malformed),
-                        "detail": [m[2] for m in malformed],
-                        "raw": [m[1] for m in malformed],
-                    },
-                    schema=REJECTED_SCHEMA,
+                rejects_table(
+                    lost, ["malformed_row"] * len(malformed), [m[2] for m in malformed], [m[1] for m in malformed]
                 ),
             ]
         )
@@ -343,22 +339,18 @@ def coerce(
 def rejects_table(
     rows: pa.Table, reasons: list[str], details: list[str], raw: list[str] | None = None
 ) -> pa.Table:
-    """Rejected rows in REJECTED_SCHEMA; `raw` defaults to the typed row as JSON."""
-    if raw is None:
-        keep = [f.name for f in CATALOG_FIELDS]
-        raw = [_raw_json(r) for r in rows.select(keep).to_pylist()]
-    return pa.table(
-        {
-            "source": rows.column("source"),
-            "line": rows.column("line"),
-            "object_id": rows.column("object_id"),
-            "specz_name": rows.column("specz_name"),
-            "reason": pa.array(reasons, pa.string()),
-            "detail": pa.array(details, pa.string()),
-            "raw": pa.array(raw, pa.string()),
-        },
-        schema=REJECTED_SCHEMA,
-    )
+    """Rejected rows in REJECTED_SCHEMA: the typed columns `rows` has (null for the others)."""
+    n = rows.num_rows
+    columns = [
+        rows.column(f.name) if f.name in rows.column_names else pa.nulls(n, f.type)
+        for f in CATALOG_SCHEMA
+    ]
+    extra = [
+        pa.array(reasons, pa.string()),
+        pa.array(details, pa.string()),
+        pa.array(raw, pa.string()) if raw is not None else pa.nulls(n, pa.string()),
+    ]
+    return pa.Table.from_arrays(columns + extra, schema=REJECTED_SCHEMA)
 
 
 def _to_batch(table: pa.Table) -> pa.RecordBatch:
@@ -411,6 +403,10 @@ def _coerce_column(values: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.
             return _cast_each(values, target)
     if not pa.types.is_string(src):
         return pa.nulls(n, target), ~np.asarray(values.is_null())
+    try:  # fast path: every value already in a form Arrow casts
+        return pc.cast(pc.if_else(pc.equal(values, ""), None, values), target), none
+    except (pa.ArrowInvalid, OverflowError):
+        pass
     text = pc.utf8_trim_whitespace(values)
     empty = pc.equal(text, "")
     pattern = _FLOAT_RE if pa.types.is_floating(target) else _INT_RE

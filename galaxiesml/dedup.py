@@ -1,8 +1,9 @@
 """Duplicate removal as section 3.2 of the paper does it: keep the first row per specz_name, then
 the first per object_id. "First" is the earliest in input order: by source file, then line.
 
-Rows are partitioned by a deterministic hash of the key, so every row sharing a key meets in one
-partition and each partition is deduplicated exactly on its own.
+Only the keys travel: each row's (source, line, object_id, specz_name) is partitioned by a
+deterministic hash of the key, so every row sharing a key meets in one partition, which is
+deduplicated exactly on its own; the full rows are then filtered by the (source, line) kept.
 """
 from __future__ import annotations
 
@@ -16,6 +17,27 @@ from galaxiesml.hashing import hash_ids, hash_strings
 from galaxiesml.schema import DUPLICATE_SCHEMA
 
 DEDUP_KEYS = ("specz_name", "object_id")
+KEY_COLUMNS = ("source", "line", "object_id", "specz_name")
+
+
+def keys_of(rows: pa.Table) -> pa.Table:
+    """The columns dedup needs: the row's identity and the two keys."""
+    return rows.select(list(KEY_COLUMNS))
+
+
+def keep_rows(rows: pa.Table, kept_keys: pa.Table) -> pa.Table:
+    """The rows whose (source, line) is among `kept_keys`, in the order of `rows`."""
+    mask = pc.is_in(
+        _row_ids(rows), value_set=_row_ids(kept_keys)
+    )
+    return rows.filter(mask)
+
+
+def _row_ids(table: pa.Table) -> pa.Array:
+    # "line@source": one string per row, unique across files
+    return pc.binary_join_element_wise(
+        pc.cast(table.column("line"), pa.string()), table.column("source"), "@"
+    )
 
 
 def bucket_of(table: pa.Table, key: str, buckets: int) -> np.ndarray:
@@ -34,12 +56,12 @@ def partition(table: pa.Table, key: str, buckets: int) -> Iterator[tuple[int, pa
         return
     bucket = bucket_of(table, key, buckets)
     order = np.argsort(bucket, kind="stable")
+    sorted_table = table.take(pa.array(order))
     sorted_bucket = bucket[order]
     starts = np.flatnonzero(np.r_[True, sorted_bucket[1:] != sorted_bucket[:-1]])
     ends = np.r_[starts[1:], len(order)]
     for s, e in zip(starts, ends):
-        # take, not slice: each part must own its buffers to travel alone.
-        yield int(sorted_bucket[s]), table.take(pa.array(order[s:e]))
+        yield int(sorted_bucket[s]), sorted_table.slice(int(s), int(e - s))
 
 
 def first_per_key(table: pa.Table, key: str) -> tuple[pa.Table, pa.Table]:

@@ -60,16 +60,11 @@ PROVENANCE_FIELDS: tuple[pa.Field, ...] = (
 CATALOG_SCHEMA = pa.schema([*CATALOG_FIELDS, *PROVENANCE_FIELDS])
 KEPT_SCHEMA = CATALOG_SCHEMA.append(pa.field("split", pa.string()))
 
-REJECTED_SCHEMA = pa.schema(
-    [
-        *PROVENANCE_FIELDS,
-        pa.field("object_id", pa.int64()),
-        pa.field("specz_name", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("detail", pa.string()),
-        pa.field("raw", pa.string()),
-    ]
-)
+#: A rejected row keeps every column that could be typed (null where a value was bad), the rule it
+#: failed, and for rows that could not be parsed the original values as text (`raw`).
+REJECTED_SCHEMA = CATALOG_SCHEMA.append(pa.field("reason", pa.string())).append(
+    pa.field("detail", pa.string())
+).append(pa.field("raw", pa.string()))
 
 DUPLICATE_SCHEMA = pa.schema(
     [

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.options import GalaxiesMLOptions, parse_fractions
 from transforms.dedup import DUPLICATES, Deduplicate
 from transforms.quality_cuts import QualityCuts
-from transforms.read_catalog import REJECTED, ReadCatalog
+from transforms.read_catalog import COUNTS, REJECTED, ReadCatalog
 from transforms.splits import AssignSplits
 from transforms.write_catalog import WriteCatalog
 
@@ -32,8 +33,7 @@ def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
     kept = dedup["kept"] | "AssignSplits" >> AssignSplits(
         opts.split_seed, parse_fractions(opts.split_fractions)
     )
-    rejected = (read[REJECTED], cut[REJECTED]) | "AllRejected" >> beam.Flatten()
-    read_all = (read.rows, read[REJECTED]) | "AllRead" >> beam.Flatten()
-    outputs = {"read": read_all, "kept": kept, "rejected": rejected, "duplicates": dedup[DUPLICATES]}
+    rejected = (read[REJECTED], cut[REJECTED]) | "AllRejected" >> beam.Flatten().with_output_types(pa.Table)
+    outputs = {"read_counts": read[COUNTS], "kept": kept, "rejected": rejected, "duplicates": dedup[DUPLICATES]}
     outputs["summary"] = outputs | "WriteCatalog" >> WriteCatalog(opts.output, run_info(opts))
     return outputs

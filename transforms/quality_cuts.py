@@ -6,7 +6,7 @@ import pyarrow as pa
 
 from galaxiesml.cuts import PAPER_RULES, Rule, apply_cuts
 from galaxiesml.funnel import count_by
-from transforms import arrow  # noqa: F401
+from transforms.arrow import typed_outputs
 from transforms.metrics import increment
 
 REJECTED = "rejected"
@@ -34,6 +34,5 @@ class QualityCuts(beam.PTransform):
         self.rules = rules
 
     def expand(self, rows):
-        return rows | "ApplyCuts" >> beam.ParDo(_Cut(self.rules)).with_outputs(
-            REJECTED, main="kept"
-        ).with_output_types(pa.Table)
+        outputs = rows | "ApplyCuts" >> beam.ParDo(_Cut(self.rules)).with_outputs(REJECTED, main="kept")
+        return typed_outputs(outputs, **{REJECTED: pa.Table})

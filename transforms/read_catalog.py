@@ -11,10 +11,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml.catalog import DEFAULT_BATCH_ROWS, read_catalog
 from galaxiesml.funnel import count_by
-from transforms import arrow  # noqa: F401  (registers the Arrow coder)
+from transforms.arrow import typed_outputs
 from transforms.metrics import increment
 
 REJECTED = "rejected"
+COUNTS = "counts"
 
 
 class _RawReader(io.RawIOBase):
@@ -52,7 +53,9 @@ class _ParseCatalogFile(beam.DoFn):
             for parsed in read_catalog(stream, metadata.path, self.batch_rows):
                 rows = pa.Table.from_batches([parsed.rows])
                 rejected = pa.Table.from_batches([parsed.rejected])
-                increment({"read": rows.num_rows + rejected.num_rows, **count_by(rejected, "reason", "rejected")})
+                read = {"read": rows.num_rows + rejected.num_rows}
+                increment({**read, **count_by(rejected, "reason", "rejected")})
+                yield beam.pvalue.TaggedOutput(COUNTS, read)
                 if rows.num_rows:
                     yield rows
                 if rejected.num_rows:
@@ -60,7 +63,8 @@ class _ParseCatalogFile(beam.DoFn):
 
 
 class ReadCatalog(beam.PTransform):
-    """Files matching `pattern` (any Beam filesystem) -> {"rows", "rejected"} tables."""
+    """Files matching `pattern` (any Beam filesystem) -> "rows" and "rejected" tables, and
+    "counts" of rows read (kept apart from the rows so the funnel can check the outputs add up)."""
 
     def __init__(self, pattern: str, batch_rows: int = DEFAULT_BATCH_ROWS):
         super().__init__()
@@ -68,12 +72,11 @@ class ReadCatalog(beam.PTransform):
         self.batch_rows = batch_rows
 
     def expand(self, pbegin):
-        return (
+        outputs = (
             pbegin
             | "MatchCatalogFiles" >> fileio.MatchFiles(self.pattern)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseCatalogFile"
-            >> beam.ParDo(_ParseCatalogFile(self.batch_rows))
-            .with_outputs(REJECTED, main="rows")
-            .with_output_types(pa.Table)
+            >> beam.ParDo(_ParseCatalogFile(self.batch_rows)).with_outputs(REJECTED, COUNTS, main="rows")
         )
+        return typed_outputs(outputs, **{REJECTED: pa.Table, COUNTS: dict})

@@ -29,10 +29,8 @@ def _write_summary(counts: dict, path: str, run: dict) -> dict:
 
 
 class WriteCatalog(beam.PTransform):
-    """{"read", "kept", "rejected", "duplicates"} tables -> Parquet shards and summary.json.
-
-    "read" is every table the reader produced (rows and rejects), counted independently of the
-    outputs so the summary can check they balance."""
+    """{"kept", "rejected", "duplicates"} tables and the reader's "read_counts" -> Parquet shards
+    and summary.json, which checks that the outputs account for every row read."""
 
     def __init__(self, output: str, run_info: dict):
         super().__init__()
@@ -45,7 +43,7 @@ class WriteCatalog(beam.PTransform):
                 catalog_prefix(self.output, name), schema=schema, file_name_suffix=".parquet"
             )
         counted = (
-            pcolls["read"] | "Count read" >> beam.Map(lambda t: {"read": t.num_rows}),
+            pcolls["read_counts"],
             pcolls["rejected"] | "Count rejected" >> beam.Map(count_by, "reason", "rejected"),
             pcolls["duplicates"]
             | "Count duplicates" >> beam.Map(count_by, "duplicate_key", "duplicates"),
