@@ -65,9 +65,15 @@ def catalog_format(path: str) -> str:
 
 
 def read_catalog(
-    stream: BinaryIO, source: str, batch_rows: int = DEFAULT_BATCH_ROWS
+    stream: BinaryIO,
+    source: str,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    extra_bool_columns: tuple[str, ...] = (),
 ) -> Iterator[ParsedBatch]:
-    """Parse one catalog file, batch by batch; raises CatalogError if the file is unusable."""
+    """Parse one catalog file, batch by batch; raises CatalogError if the file is unusable.
+
+    `extra_bool_columns` are further boolean columns the file must have and the rows carry (for
+    cuts that require them true)."""
     fmt = catalog_format(source)
     if fmt == "csv":
         raw_batches = _read_csv(stream, source, batch_rows)
@@ -76,7 +82,8 @@ def read_catalog(
     else:
         raw_batches = _read_parquet(stream, source, batch_rows)
     for raw, lines, malformed in raw_batches:
-        yield coerce(raw, source, lines, malformed)
+        check_columns(raw.column_names, source, extra_bool_columns)
+        yield coerce(raw, source, lines, malformed, extra_bool_columns)
 
 
 # --------------------------------------------------------------------------- readers
@@ -195,9 +202,9 @@ def _empty_raw(names: list[str]) -> pa.Table:
     return pa.table({n: pa.array([], pa.string()) for n in names})
 
 
-def check_columns(names: list[str], source: str) -> None:
+def check_columns(names: list[str], source: str, extra: tuple[str, ...] = ()) -> None:
     """Raise a CatalogError naming every required column the file lacks."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    missing = [c for c in (*REQUIRED_COLUMNS, *extra) if c not in names]
     if missing:
         raise CatalogError(
             f"{source}: missing required column(s) {', '.join(missing)} "
@@ -261,7 +268,11 @@ def _slices(table: pa.Table, batch_rows: int) -> Iterator[RawBatch]:
 # --------------------------------------------------------------------------- typing rows
 
 def coerce(
-    raw: pa.Table, source: str, lines: np.ndarray, malformed: list[tuple[int, str, str]]
+    raw: pa.Table,
+    source: str,
+    lines: np.ndarray,
+    malformed: list[tuple[int, str, str]],
+    extra_bool_columns: tuple[str, ...] = (),
 ) -> ParsedBatch:
     """Type raw columns to CATALOG_SCHEMA; rows that do not fit become rejects with a reason.
 
@@ -284,7 +295,9 @@ def coerce(
     detail = np.full(n, None, dtype=object)
     columns: dict[str, pa.Array] = {}
     fields = list(CATALOG_FIELDS) + [
-        pa.field(f, pa.bool_()) for f in FLAG_COLUMNS if f in raw.column_names
+        pa.field(f, pa.bool_())
+        for f in dict.fromkeys((*FLAG_COLUMNS, *extra_bool_columns))
+        if f in raw.column_names and f not in CATALOG_SCHEMA.names
     ]
     for field in fields:
         if field.name not in raw.column_names:

@@ -1,12 +1,14 @@
-"""The paper's quality cuts (sections 3.1-3.2), vectorised over an Arrow batch.
+"""The paper's quality cuts (sections 3.1-3.2), and the extra cuts users may add on top, vectorised
+over an Arrow batch.
 
-Rules are checked in the paper's order and each rejected row keeps the first rule it failed.
+Rules are checked in the paper's order and each rejected row keeps the first rule it failed; extra
+cuts come after the paper's, so they can only remove more rows, never bring one back.
 z = 9.9999 (the archive's "no redshift" value) is checked before the redshift range, which
 would otherwise always claim it first and hide it from the funnel.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -65,6 +67,62 @@ PAPER_RULES: tuple[Rule, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class SampleCuts:
+    """Extra cuts a user chooses on top of the paper's; each becomes its own rejection reason."""
+
+    max_mag: dict[str, float] = field(default_factory=dict)  # band -> keep mag < limit
+    max_magsigma: dict[str, float] = field(default_factory=dict)  # band -> keep magsigma < limit
+    redshift_window: tuple[float, float] | None = None  # keep lo < z < hi
+    sky_box: tuple[float, float, float, float] | None = None  # ra_min, ra_max, dec_min, dec_max
+    tracts: tuple[int, ...] = ()  # keep skymap_id // 10000 in these
+    require_true: tuple[str, ...] = ()  # boolean catalog columns that must be true
+
+    def rules(self) -> tuple[Rule, ...]:
+        """The extra cuts as rules, in a fixed order."""
+        rules: list[Rule] = []
+        for band, limit in sorted(self.max_mag.items()):
+            col = f"{band}_cmodel_mag"
+            rules.append(Rule(f"mag_limit_{band}", f"{col} < {limit}", _below(col, limit)))
+        for band, limit in sorted(self.max_magsigma.items()):
+            col = f"{band}_cmodel_magsigma"
+            rules.append(Rule(f"magsigma_limit_{band}", f"{col} < {limit}", _below(col, limit)))
+        if self.redshift_window:
+            lo, hi = self.redshift_window
+            rules.append(
+                Rule(
+                    "redshift_window",
+                    f"{lo} < z < {hi}",
+                    lambda c: (c["specz_redshift"] > lo) & (c["specz_redshift"] < hi),
+                )
+            )
+        if self.sky_box:
+            r0, r1, d0, d1 = self.sky_box
+            rules.append(
+                Rule(
+                    "sky_box",
+                    f"{r0} <= ra <= {r1} and {d0} <= dec <= {d1}",
+                    lambda c: (c["ra"] >= r0) & (c["ra"] <= r1) & (c["dec"] >= d0) & (c["dec"] <= d1),
+                )
+            )
+        if self.tracts:
+            tracts = np.asarray(self.tracts, dtype=np.int64)
+            rules.append(
+                Rule(
+                    "tracts",
+                    f"tract in {list(self.tracts)}",
+                    lambda c: np.isin(c["skymap_id"] // 10000, tracts),
+                )
+            )
+        for col in self.require_true:
+            rules.append(Rule(f"require_{col}", f"{col} is true", lambda c, col=col: c[col] == 1))
+        return tuple(rules)
+
+
+def _below(column: str, limit: float) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    return lambda c: c[column] < limit
+
+
 def _column_values(batch: pa.RecordBatch | pa.Table) -> dict[str, np.ndarray]:
     """Float columns with null -> NaN, booleans as 0/1/-1 (null), for the rule functions."""
     cols = {}
@@ -74,6 +132,8 @@ def _column_values(batch: pa.RecordBatch | pa.Table) -> dict[str, np.ndarray]:
             cols[name] = np.asarray(pc.fill_null(col, np.nan), dtype=np.float64)
         elif pa.types.is_boolean(col.type):
             cols[name] = np.asarray(pc.fill_null(pc.cast(col, pa.int8()), -1), dtype=np.int8)
+        elif pa.types.is_integer(col.type):
+            cols[name] = np.asarray(pc.fill_null(col, -1), dtype=np.int64)
     return cols
 
 

@@ -63,7 +63,7 @@ def magnitudes(rng: np.random.Generator, z: np.ndarray) -> dict[str, np.ndarray]
     """True AB magnitudes per band: an i-band brightness falling with distance, and colours from a
     red fraction and the 4000 A break, which sits blueward of a band until (1+z) 4000 A passes it."""
     n = len(z)
-    i_mag = 18.0 + 5.0 * np.log10(1.0 + 2.2 * z) + rng.normal(0.0, 0.6, n)
+    i_mag = 19.0 + 5.0 * np.log10(1.0 + 2.2 * z) + rng.normal(0.0, 0.6, n)
     redness = rng.beta(2.0, 2.0, n)
     break_amp = 0.4 + 1.4 * redness
     slope = 0.15 + 0.25 * redness

@@ -11,9 +11,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml import synthetic_catalog
-from galaxiesml.catalog import CatalogError, catalog_columns
+from galaxiesml.catalog import CatalogError, catalog_columns, check_columns
 from pipeline.build import build
-from pipeline.options import GalaxiesMLOptions, parse_fractions
+from pipeline.options import GalaxiesMLOptions, expand_preset, parse_fractions, sample_cuts
 from transforms.read_catalog import open_catalog
 
 USAGE = """usage: python -m pipeline [run] --catalog PATTERN --output DIR [Beam flags...]
@@ -35,6 +35,7 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
         raise UserError("--output is required: the directory the dataset is written to")
     try:
         parse_fractions(opts.split_fractions)
+        extra = sample_cuts(opts)
     except ValueError as exc:
         raise UserError(str(exc))
     matches = [m.path for r in FileSystems.match([opts.catalog]) for m in r.metadata_list]
@@ -43,7 +44,7 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
     for path in sorted(matches):
         try:
             with open_catalog(path) as stream:
-                catalog_columns(stream, path)
+                check_columns(catalog_columns(stream, path), path, extra.require_true)
         except CatalogError as exc:
             raise UserError(str(exc))
         except OSError as exc:
@@ -61,9 +62,18 @@ def run_pipeline(opts: GalaxiesMLOptions):
     return result
 
 
+def options(argv: list[str]) -> GalaxiesMLOptions:
+    """Options from a command line, with its preset expanded."""
+    try:
+        argv, preset = expand_preset(argv)
+    except ValueError as exc:
+        raise UserError(str(exc))
+    return GalaxiesMLOptions([*argv, "--preset", preset])
+
+
 def run(argv: list[str]) -> dict:
     """Build the dataset; returns the summary written to summary.json."""
-    opts = GalaxiesMLOptions(argv)
+    opts = options(argv)
     run_pipeline(opts)
     with FileSystems.open(FileSystems.join(opts.output, "summary.json")) as f:
         summary = json.load(f)

@@ -1,10 +1,41 @@
-"""The job's options: one PipelineOptions subclass, so every standard Beam flag works beside them."""
+"""The job's options: one PipelineOptions subclass, so every standard Beam flag works beside them,
+and named presets that set a group of them."""
 from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from galaxiesml.catalog import DEFAULT_BATCH_ROWS
+from galaxiesml.cuts import SampleCuts
+from galaxiesml.schema import BANDS
 from galaxiesml.splits import check_fractions
+
+#: Named groups of options. Flags given on the command line override a preset's.
+PRESETS: dict[str, tuple[str, list[str]]] = {
+    "paper": ("the paper's sample: its cuts and nothing more (the default)", []),
+    "bright": (
+        "a brighter, cleaner sample: i < 22.5 and S/N > 10 (magsigma < 0.1) in every band",
+        ["--max_mag", "i=22.5", "--max_magsigma", ",".join(f"{b}=0.1" for b in BANDS)],
+    ),
+    "mini": (
+        "a laptop-size build: the paper's cuts, then 10,000 galaxies stratified in redshift",
+        ["--mini_size", "10000"],
+    ),
+}
+
+
+def expand_preset(argv: list[str]) -> tuple[list[str], str]:
+    """Replace `--preset NAME` by the preset's flags, placed first so explicit flags win."""
+    argv = list(argv)
+    name = "paper"
+    for i, arg in enumerate(argv):
+        if arg == "--preset" or arg.startswith("--preset="):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            del argv[i : i + (1 if "=" in arg else 2)]
+            name = value
+            break
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return [*PRESETS[name][1], *argv], name
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:
@@ -14,6 +45,49 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     except ValueError:
         raise ValueError(f"--split_fractions takes three numbers like 0.6,0.2,0.2, got {text!r}")
     return check_fractions(values)  # type: ignore[arg-type]
+
+
+def _numbers(text: str | None, flag: str, count: int) -> tuple[float, ...] | None:
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise ValueError(f"{flag} takes {count} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _band_limits(text: str | None, flag: str) -> dict[str, float]:
+    limits: dict[str, float] = {}
+    for item in filter(None, (text or "").split(",")):
+        band, _, value = item.partition("=")
+        try:
+            if band.strip() not in BANDS:
+                raise ValueError
+            limits[band.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{flag} takes band=limit pairs like i=22.5,r=23 (bands g,r,i,z,y), got {text!r}")
+    return limits
+
+
+def sample_cuts(opts: "GalaxiesMLOptions") -> SampleCuts:
+    """The extra cuts the options ask for."""
+    window = _numbers(opts.redshift_window, "--redshift_window", 2)
+    box = _numbers(opts.sky_box, "--sky_box", 4)
+    try:
+        tracts = tuple(int(t) for t in filter(None, (opts.tracts or "").split(",")))
+    except ValueError:
+        raise ValueError(f"--tracts takes comma-separated tract numbers, got {opts.tracts!r}")
+    return SampleCuts(
+        max_mag=_band_limits(opts.max_mag, "--max_mag"),
+        max_magsigma=_band_limits(opts.max_magsigma, "--max_magsigma"),
+        redshift_window=window,  # type: ignore[arg-type]
+        sky_box=box,  # type: ignore[arg-type]
+        tracts=tracts,
+        require_true=tuple(c.strip() for c in filter(None, (opts.require_true or "").split(","))),
+    )
 
 
 class GalaxiesMLOptions(PipelineOptions):
@@ -26,6 +100,12 @@ class GalaxiesMLOptions(PipelineOptions):
             "or Parquet",
         )
         group.add_argument("--output", help="output directory (any Beam filesystem)")
+        group.add_argument(
+            "--preset",
+            default="paper",
+            help="a named group of options: "
+            + "; ".join(f"{name}: {text}" for name, (text, _) in PRESETS.items()),
+        )
         group.add_argument(
             "--split_seed", type=int, default=0, help="seed of the train/validation/test assignment"
         )
@@ -46,3 +126,18 @@ class GalaxiesMLOptions(PipelineOptions):
             default=DEFAULT_BATCH_ROWS,
             help="rows per Arrow batch when reading table files",
         )
+        cuts = parser.add_argument_group("extra cuts, on top of the paper's (each its own reason)")
+        cuts.add_argument("--max_mag", help="keep mag < limit, per band: i=22.5,r=23")
+        cuts.add_argument("--max_magsigma", help="keep magsigma < limit, per band: i=0.05")
+        cuts.add_argument("--redshift_window", help="keep lo < z < hi: 0.1,2.5")
+        cuts.add_argument("--sky_box", help="keep ra_min <= ra <= ra_max, dec_min <= dec <= dec_max: 149,151,1,3")
+        cuts.add_argument("--tracts", help="keep these tracts (skymap_id // 10000): 9813,9814")
+        cuts.add_argument("--require_true", help="boolean catalog columns that must be true: col_a,col_b")
+        cuts.add_argument(
+            "--mini_size",
+            type=int,
+            default=0,
+            help="keep only N galaxies, chosen by hashed object_id, stratified in redshift "
+            "(the same N gives the same galaxies; a larger N contains a smaller one)",
+        )
+        cuts.add_argument("--mini_seed", type=int, default=0, help="seed of the mini build's choice")

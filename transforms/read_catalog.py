@@ -45,12 +45,13 @@ def open_catalog(path: str) -> io.IOBase:
 
 
 class _ParseCatalogFile(beam.DoFn):
-    def __init__(self, batch_rows: int):
+    def __init__(self, batch_rows: int, extra_bool_columns: tuple[str, ...]):
         self.batch_rows = batch_rows
+        self.extra_bool_columns = extra_bool_columns
 
     def process(self, metadata: fileio.FileMetadata):
         with open_catalog(metadata.path) as stream:
-            for parsed in read_catalog(stream, metadata.path, self.batch_rows):
+            for parsed in read_catalog(stream, metadata.path, self.batch_rows, self.extra_bool_columns):
                 rows = pa.Table.from_batches([parsed.rows])
                 rejected = pa.Table.from_batches([parsed.rejected])
                 read = {"read": rows.num_rows + rejected.num_rows}
@@ -66,10 +67,13 @@ class ReadCatalog(beam.PTransform):
     """Files matching `pattern` (any Beam filesystem) -> "rows" and "rejected" tables, and
     "counts" of rows read (kept apart from the rows so the funnel can check the outputs add up)."""
 
-    def __init__(self, pattern: str, batch_rows: int = DEFAULT_BATCH_ROWS):
+    def __init__(
+        self, pattern: str, batch_rows: int = DEFAULT_BATCH_ROWS, extra_bool_columns: tuple[str, ...] = ()
+    ):
         super().__init__()
         self.pattern = pattern
         self.batch_rows = batch_rows
+        self.extra_bool_columns = extra_bool_columns
 
     def expand(self, pbegin):
         outputs = (
@@ -77,6 +81,6 @@ class ReadCatalog(beam.PTransform):
             | "MatchCatalogFiles" >> fileio.MatchFiles(self.pattern)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ParseCatalogFile"
-            >> beam.ParDo(_ParseCatalogFile(self.batch_rows)).with_outputs(REJECTED, COUNTS, main="rows")
+            >> beam.ParDo(_ParseCatalogFile(self.batch_rows, self.extra_bool_columns)).with_outputs(REJECTED, COUNTS, main="rows")
         )
         return typed_outputs(outputs, **{REJECTED: pa.Table, COUNTS: dict})
