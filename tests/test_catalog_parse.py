@@ -11,6 +11,8 @@ import pytest
 from astropy.table import Table
 
 from galaxiesml.catalog import CatalogError, catalog_format, read_catalog
+from galaxiesml.cuts import apply_cuts
+from galaxiesml.schema import CATALOG_FIELDS
 from tests.catalog_rows import GOOD, HEADER, csv_line, row
 from tests.conftest import hsc_csv
 
@@ -146,3 +148,33 @@ def test_fits_table_with_wrong_types_gives_reasoned_rejects(tmp_path):
     assert rows.num_rows == 0
     assert rejected.num_rows == 3
     assert all("object_id" in d for d in rejected.column("detail").to_pylist())
+
+
+NUMERIC = [f.name for f in CATALOG_FIELDS if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)]
+ODD_VALUES = ["nan", "NaN", "inf", "-inf", "", "1e999", "-5", "1e30", "0x10", "1,5", " 7 "]
+
+
+@pytest.mark.parametrize("column", NUMERIC)
+def test_odd_values_in_every_numeric_column_end_kept_or_rejected_with_reason(column):
+    lines = [csv_line(row(**{"object_id": i + 1, column: v})) for i, v in enumerate(ODD_VALUES)]
+    rows, rejected = parse(hsc_csv(HEADER, lines, meta=0))
+    kept, cut = apply_cuts(rows.to_batches()[0]) if rows.num_rows else (rows, rows)
+    where = {}
+    for name, table in (("kept", kept), ("parse", rejected), ("cut", cut)):
+        for line in table.column("line").to_pylist():
+            assert line not in where, f"line {line} in {where[line]} and {name}"
+            where[line] = name
+    assert sorted(where) == list(range(2, 2 + len(ODD_VALUES)))  # every row somewhere, once
+    for table in (rejected, cut):
+        assert all(table.column("reason").to_pylist()) and all(table.column("detail").to_pylist())
+    # "0x10" and "1,5" (a quoted comma) are never numbers; "1e999" overflows to inf, not a crash
+    assert where[2 + ODD_VALUES.index("0x10")] == "parse"
+    assert where[2 + ODD_VALUES.index("1,5")] == "parse"
+    if column in ("object_id", "ra", "dec"):  # cannot be empty or non-finite
+        assert where[2 + ODD_VALUES.index("")] == "parse"
+        assert where[2 + ODD_VALUES.index("nan")] == "parse"
+
+
+def test_semicolon_separated_file_is_a_clear_error():
+    with pytest.raises(CatalogError, match="comma-separated"):
+        parse((";".join(HEADER) + "\n").encode())
