@@ -19,9 +19,11 @@ setup(
         "h5py>=3.10",
         "requests>=2.31",
         "galsim>=2.5",
+        "scipy>=1.11",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "pandas>=2.0", "scipy>=1.11"],
+        "test": ["pytest>=8", "pandas>=2.0"],
         "gcp": [f"apache-beam[gcp]==2.77.0", "google-cloud-storage>=2.14"],
     },
     entry_points={"console_scripts": ["galaxiesml=pipeline.cli:main"]},

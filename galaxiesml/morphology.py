@@ -1,0 +1,675 @@
+"""Per-band morphology of a GalaxiesML cutout: the paper's 13 Source Extractor columns, measured with sep.
+
+The paper (section 3.4, appendix 10) ran Source Extractor (SE) 2.25 on each 127x127 band image.
+This module reproduces those measurements with sep, set up like SE with the paper's configuration
+(/work/shared/notes/sextractor/morph.sex), and adds a PSF-convolved Sersic fit for the Sersic index.
+docs/morphology.md gives every definition and choice in full; in short:
+
+* Background: SE's mesh (BACK_SIZE 64, BACK_FILTERSIZE 3), subtracted; the detection threshold is
+  DETECT_THRESH = 3 times the *global* background rms; DETECT_MINAREA 5; filtered with SE's
+  gauss_1.5_3x3 kernel ('conv'); DEBLEND_NTHRESH 32, DEBLEND_MINCONT 0.005; CLEAN 1.0.
+  ANALYSIS_THRESH = DETECT_THRESH = 3 (the paper prints both 1.5 and 3; section 3.4 says 3).
+* The central galaxy is the detection nearest the cutout centre ((63, 63) zero-based for 127x127).
+* major_axis, minor_axis, pos_angle = SE's A_IMAGE, B_IMAGE, THETA_IMAGE (second-moment RMS sizes of
+  the isophote, degrees counter-clockwise from +x); ellipticity = 1 - B/A.
+* isophotal_area = ISOAREA_IMAGE: pixels of the object above ANALYSIS_THRESH x rms.
+* peak_surface_brightness = MU_MAX = MAG_ZEROPOINT - 2.5 log10(peak / PIXEL_SCALE^2), with the paper's
+  MAG_ZEROPOINT 0 and PIXEL_SCALE 0.17 (so negative; add 27.0 for AB mag/arcsec^2 of HSC coadds).
+* half_light_radius = FLUX_RADIUS for PHOT_FLUXFRAC 0.5: the radius holding half of FLUX_AUTO (SE
+  normalises to FLUX_AUTO, not the total flux), out to 6 A, on the image with neighbours corrected
+  by MASK_TYPE CORRECT (pixels of other detections replaced by the pixel mirrored through the centre).
+* petro_rad = PETRO_RADIUS: SE's algorithm (eta = 0.2 on elliptical annuli, x PETRO_FACT 2.0, floor
+  3.5), in units of A, as SE reports it.
+* total_galaxies = number of detections; central_image_pop_{15,10,5}px_rad = detections whose centre
+  lies within (<=) 15/10/5 px of the cutout centre, the central galaxy included.
+* sersic_index: a PSF-convolved elliptical Sersic fit (scipy least_squares), n bounded to [0.2, 8];
+  without a PSF a Moffat (FWHM 0.7", beta 3, at 0.168"/px) stands in.
+
+Every value is a float (NaN when missing, counts included so that a failed band is NaN throughout);
+the flags say why: no_detection, blended_centre, sersic_at_bound, sersic_failed, measurement_error.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import sep
+from scipy import fft as sfft
+from scipy import ndimage, optimize, special
+
+from galaxiesml.schema import BANDS
+
+# --- the paper's Source Extractor configuration ---------------------------------------------------
+DETECT_THRESH = 3.0
+ANALYSIS_THRESH = 3.0
+DETECT_MINAREA = 5
+DEBLEND_NTHRESH = 32
+DEBLEND_MINCONT = 0.005
+CLEAN_PARAM = 1.0
+BACK_SIZE = 64
+BACK_FILTERSIZE = 3
+PHOT_AUTOPARAMS = (2.5, 3.5)
+PHOT_PETROPARAMS = (2.0, 3.5)
+PETRO_ETA = 0.2
+PHOT_FLUXFRAC = 0.5
+MAG_ZEROPOINT = 0.0
+PIXEL_SCALE = 0.17
+MEMORY_PIXSTACK = 300000
+#: SE's KRON_NSIG = PETRO_NSIG = GROWTH_NSIG = 3 * MARGIN_SCALE: analysis range in units of A.
+SE_NSIG = 6.0
+#: SE's gauss_1.5_3x3.conv (CONV NORM).
+SE_FILTER = np.array(
+    [[0.109853, 0.300700, 0.109853], [0.300700, 0.823102, 0.300700], [0.109853, 0.300700, 0.109853]],
+    dtype=np.float32,
+)
+NEIGHBOUR_RADII = (15, 10, 5)
+
+# --- Sersic fit ------------------------------------------------------------------------------------
+HSC_PIXEL_SCALE = 0.168
+DEFAULT_PSF_FWHM_ARCSEC = 0.7
+DEFAULT_PSF_BETA = 3.0
+SERSIC_N_BOUNDS = (0.2, 8.0)
+#: Largest half-size of the fitted stamp (pixels) and of the PSF used in the convolution.
+MAX_STAMP_HALF = 30
+MAX_PSF_HALF = 12
+#: Detections are grown by this many pixels before the residual sky under the fit is taken.
+SKY_MASK_GROW = 6
+
+# --- columns ---------------------------------------------------------------------------------------
+MEASUREMENT_COLUMNS: tuple[str, ...] = (
+    "ellipticity",
+    "half_light_radius",
+    "isophotal_area",
+    "major_axis",
+    "minor_axis",
+    "peak_surface_brightness",
+    "petro_rad",
+    "pos_angle",
+    "sersic_index",
+    "total_galaxies",
+    "central_image_pop_15px_rad",
+    "central_image_pop_10px_rad",
+    "central_image_pop_5px_rad",
+)
+FLAG_COLUMNS: tuple[str, ...] = (
+    "no_detection",
+    "blended_centre",
+    "sersic_at_bound",
+    "sersic_failed",
+    "measurement_error",
+)
+#: Per-band columns, without the band prefix, in output order.
+BAND_COLUMNS: tuple[str, ...] = MEASUREMENT_COLUMNS + FLAG_COLUMNS
+#: numpy dtype of each per-band column (float64 measurements, NaN when missing; bool flags).
+COLUMN_DTYPES: dict[str, type] = {
+    **{c: np.float64 for c in MEASUREMENT_COLUMNS},
+    **{c: np.bool_ for c in FLAG_COLUMNS},
+}
+
+
+def morphology_columns(bands: Sequence[str] = BANDS) -> tuple[str, ...]:
+    """`{band}_{column}` for every band and per-band column, band-major."""
+    return tuple(f"{b}_{c}" for b in bands for c in BAND_COLUMNS)
+
+
+#: Prefixed column names for the five HSC bands (g, r, i, z, y).
+MORPHOLOGY_COLUMNS: tuple[str, ...] = morphology_columns()
+
+sep.set_extract_pixstack(MEMORY_PIXSTACK)
+
+
+def _blank_row() -> dict[str, Any]:
+    row: dict[str, Any] = {c: math.nan for c in MEASUREMENT_COLUMNS}
+    row.update({c: False for c in FLAG_COLUMNS})
+    return row
+
+
+def _error_row() -> dict[str, Any]:
+    row = _blank_row()
+    row["measurement_error"] = True
+    return row
+
+
+def _native(image: np.ndarray) -> np.ndarray:
+    """A native-byte-order, C-contiguous float copy (FITS data are big-endian)."""
+    a = np.asarray(image)
+    if a.dtype.kind != "f" or a.dtype.itemsize not in (4, 8):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a.astype(a.dtype.newbyteorder("="), copy=True))
+
+
+def _arr(v: float) -> np.ndarray:
+    """sep 1.4.1's aperture functions want arrays, not bare scalars."""
+    return np.array([v], dtype=np.float64)
+
+
+# --- detection and SE-like measurements ------------------------------------------------------------
+def _constant_background(values: np.ndarray) -> tuple[float, float]:
+    """SE's background estimator on one mesh: 3-sigma clipped statistics, mode = 2.5 median -
+    1.5 mean unless the distribution is too skewed ((mean - median) / sigma >= 0.3: median)."""
+    from astropy.stats import sigma_clipped_stats
+
+    mean, med, std = sigma_clipped_stats(values, sigma=3.0, maxiters=10)
+    back = 2.5 * med - 1.5 * mean if std > 0 and abs(mean - med) / std < 0.3 else med
+    return float(back), float(std)
+
+
+class _Detection:
+    """Background-subtracted image, global rms, sep catalogue and segmentation map of one band."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        data = _native(image)
+        valid = np.isfinite(data)
+        if not valid.any():
+            raise ValueError("no finite pixel")
+        data[~valid] = 0.0
+        self.valid = valid
+        self.shape = data.shape
+        self.centre = ((data.shape[1] - 1) / 2.0, (data.shape[0] - 1) / 2.0)
+        self.data = data
+        if valid.all():
+            bkg = sep.Background(data, bw=BACK_SIZE, bh=BACK_SIZE, fw=BACK_FILTERSIZE, fh=BACK_FILTERSIZE)
+            self.rms = float(bkg.globalrms)
+            self.sub = data - bkg.back(dtype=data.dtype)
+        else:
+            # No-data pixels (a padded cutout): a 64-px mesh may then hold too few pixels (sep falls
+            # back to rms 1.0), so take one constant background from the valid pixels instead.
+            back, self.rms = _constant_background(data[valid])
+            self.sub = data - data.dtype.type(back)
+        self.sub[~valid] = 0.0
+        if not (np.isfinite(self.rms) and self.rms > 0.0):
+            # A flat image (all zeros, constant, saturated plateau): nothing stands above its noise.
+            self.objects = np.zeros(0, dtype=[("x", "f8"), ("y", "f8")])
+            self.segmap = np.zeros(self.shape, dtype=np.int32)
+            return
+        self.objects, self.segmap = sep.extract(
+            self.sub,
+            DETECT_THRESH,
+            err=self.rms,
+            minarea=DETECT_MINAREA,
+            filter_kernel=SE_FILTER,
+            filter_type="conv",
+            deblend_nthresh=DEBLEND_NTHRESH,
+            deblend_cont=DEBLEND_MINCONT,
+            clean=True,
+            clean_param=CLEAN_PARAM,
+            segmentation_map=True,
+        )
+
+    def masked_sky(self, grow: int = SKY_MASK_GROW) -> float:
+        """A constant sky: the median of the raw pixels away from every detection (grown by `grow` px).
+        SE's 64-px mesh, on a 127x127 cutout, takes in the galaxies' own wings; this does not."""
+        far = self.valid & ~ndimage.binary_dilation(self.segmap > 0, iterations=grow)
+        return float(np.median(self.data[far])) if np.count_nonzero(far) >= 100 else float(np.median(self.data - self.sub))
+
+    def distances(self) -> np.ndarray:
+        return np.hypot(self.objects["x"] - self.centre[0], self.objects["y"] - self.centre[1])
+
+
+def mirror_neighbours(sub: np.ndarray, segmap: np.ndarray, seg_id: int, x: float, y: float) -> np.ndarray:
+    """SE's MASK_TYPE CORRECT: pixels of other detections take the value of the pixel mirrored
+    through the object's centre, or 0 when that pixel is outside the image or also another's."""
+    other = (segmap != 0) & (segmap != seg_id)
+    out = sub.copy()
+    if not other.any():
+        return out
+    ys, xs = np.nonzero(other)
+    # SE: x2 = (int)(2*mx + 0.49999 - x), C truncation toward zero
+    x2 = np.trunc(2.0 * x + 0.49999 - xs).astype(np.int64)
+    y2 = np.trunc(2.0 * y + 0.49999 - ys).astype(np.int64)
+    h, w = sub.shape
+    ok = (x2 >= 0) & (x2 < w) & (y2 >= 0) & (y2 < h)
+    vals = np.zeros(len(xs), dtype=sub.dtype)
+    okx, oky = x2[ok], y2[ok]
+    good = ~other[oky, okx]
+    idx = np.flatnonzero(ok)[good]
+    vals[idx] = sub[oky[good], okx[good]]
+    out[ys, xs] = vals
+    return out
+
+
+def petrosian_factor(
+    sub: np.ndarray, usable: np.ndarray, x: float, y: float, cxx: float, cyy: float, cxy: float
+) -> float:
+    """SE 2.25's Petrosian factor (computepetroflux, first step), in units of A.
+
+    Elliptical annuli [k, 1.2k] with k stepping by 6/20 up to 6; eta = mean surface brightness in
+    the annulus over the mean inside (k + 1.2k)/2; the first k with eta < 0.2 gives
+    PETRO_FACT x that mean radius, floored at 3.5. Pixels of other detections (`usable` False) are
+    left out, as SE blanks them. Float32 arithmetic, as SE's.
+    """
+    f = np.float32
+    mx, my = f(x), f(y)
+    cx2, cy2, cxy_ = f(cxx), f(cyy), f(cxy)
+    dxlim = cx2 - cxy_ * cxy_ / (f(4.0) * cy2)
+    dxlim = f(SE_NSIG) / np.sqrt(dxlim) if dxlim > 0 else f(0.0)
+    dylim = cy2 - cxy_ * cxy_ / (f(4.0) * cx2)
+    dylim = f(SE_NSIG) / np.sqrt(dylim) if dylim > 0 else f(0.0)
+    h, w = sub.shape
+    xmin, xmax = max(int(np.rint(mx - dxlim)), 0), min(int(np.rint(mx + dxlim)) + 1, w)
+    ymin, ymax = max(int(np.rint(my - dylim)), 0), min(int(np.rint(my + dylim)) + 1, h)
+    dx = (np.arange(xmin, xmax, dtype=f) - mx)[None, :]
+    dy = (np.arange(ymin, ymax, dtype=f) - my)[:, None]
+    r2 = (cx2 * dx * dx + cy2 * dy * dy + cxy_ * dx * dy).astype(f)
+    ok = usable[ymin:ymax, xmin:xmax]
+    r2 = r2[ok]
+    pix = sub[ymin:ymax, xmin:xmax][ok].astype(np.float64)
+    klim = f(SE_NSIG)
+    kstep = f(klim / f(20.0))
+    kmin = kstep
+    kmea = f(0.0)
+    munum = muden = 0.0
+    areanum = areaden = 0
+    while True:
+        kmax = f(kmin * f(1.2))
+        if not kmax < klim:
+            break
+        kmea = f((kmin + kmax) / f(2.0))
+        inside = r2 <= kmax * kmax
+        num = inside & (r2 >= kmin * kmin)
+        den = inside & (r2 < kmea * kmea)
+        areanum, areaden = int(num.sum()), int(den.sum())
+        munum, muden = float(pix[num].sum()), float(pix[den].sum())
+        if areanum and areaden:
+            munum /= areanum
+            muden /= areaden
+            if munum < muden * PETRO_ETA:
+                break
+        kmin = f(kmin + kstep)
+    if areanum and areaden and munum and muden:
+        return max(PHOT_PETROPARAMS[0] * float(kmea), PHOT_PETROPARAMS[1])
+    return PHOT_PETROPARAMS[1]
+
+
+def _ellipse_sum(img: np.ndarray, x: float, y: float, a: float, b: float, theta: float, r: float) -> float:
+    """Sum of pixels whose centre lies in the ellipse r*(a, b, theta), as SE's AUTO/PETRO fluxes do."""
+    flux, _, _ = sep.sum_ellipse(img, _arr(x), _arr(y), _arr(a), _arr(b), _arr(theta), _arr(r), subpix=1)
+    return float(flux[0])
+
+
+def _se_measurements(det: _Detection, i: int) -> tuple[dict[str, float], np.ndarray]:
+    """The SE-defined columns of detection i, and its neighbour-corrected image."""
+    o = det.objects[i]
+    seg_id = i + 1
+    x, y, a, b = float(o["x"]), float(o["y"]), float(o["a"]), float(o["b"])
+    theta = float(np.clip(o["theta"], -np.pi / 2 + 1e-7, np.pi / 2 - 1e-7))
+    usable = (det.segmap == 0) | (det.segmap == seg_id)
+    corrected = mirror_neighbours(det.sub, det.segmap, seg_id, x, y)
+
+    kr, _ = sep.kron_radius(
+        det.sub, _arr(x), _arr(y), _arr(a), _arr(b), _arr(theta), _arr(SE_NSIG),
+        segmap=det.segmap, seg_id=np.array([seg_id], dtype=np.int32),
+    )
+    kr = float(kr[0])
+    kron = max(PHOT_AUTOPARAMS[0] * kr, PHOT_AUTOPARAMS[1]) if kr > 0 else PHOT_AUTOPARAMS[1]
+    flux_auto = _ellipse_sum(corrected, x, y, a, b, theta, kron)
+
+    rlim = SE_NSIG * a
+    hlr, _ = sep.flux_radius(corrected, _arr(x), _arr(y), _arr(rlim), PHOT_FLUXFRAC, normflux=_arr(flux_auto), subpix=5)
+    hlr = float(min(hlr[0], rlim))
+
+    petro = petrosian_factor(det.sub, usable, x, y, float(o["cxx"]), float(o["cyy"]), float(o["cxy"]))
+    if _ellipse_sum(corrected, x, y, a, b, theta, petro) <= 0.0:
+        petro = 0.0
+    peak = float(o["peak"])
+    values = {
+        "ellipticity": 1.0 - b / a,
+        "half_light_radius": hlr,
+        "isophotal_area": float(o["tnpix"]),
+        "major_axis": a,
+        "minor_axis": b,
+        "peak_surface_brightness": MAG_ZEROPOINT - 2.5 * math.log10(peak / PIXEL_SCALE**2) if peak > 0 else math.nan,
+        "petro_rad": petro,
+        "pos_angle": math.degrees(float(o["theta"])),
+        "flux_auto": flux_auto,
+    }
+    return values, corrected
+
+
+# --- Sersic fit ------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def default_psf() -> np.ndarray:
+    """The stand-in PSF when a band has none: Moffat FWHM 0.7", beta 3, pixel-integrated at 0.168"/px."""
+    import galsim
+
+    img = galsim.Moffat(beta=DEFAULT_PSF_BETA, fwhm=DEFAULT_PSF_FWHM_ARCSEC).drawImage(
+        nx=2 * MAX_PSF_HALF + 1, ny=2 * MAX_PSF_HALF + 1, scale=HSC_PIXEL_SCALE
+    ).array
+    img = img.astype(np.float64)
+    img.setflags(write=False)
+    return img
+
+
+def _prepare_psf(psf: np.ndarray | None) -> np.ndarray:
+    """Native float64, odd-sized, cropped to MAX_PSF_HALF about its centre, unit sum."""
+    p = default_psf() if psf is None else _native(psf).astype(np.float64)
+    if p.ndim != 2 or not np.all(np.isfinite(p)) or p.sum() <= 0:
+        raise ValueError("unusable PSF image")
+    ny, nx = p.shape
+    hy, hx = min((ny - 1) // 2, MAX_PSF_HALF), min((nx - 1) // 2, MAX_PSF_HALF)
+    cy, cx = ny // 2, nx // 2
+    p = p[cy - hy : cy + hy + 1, cx - hx : cx + hx + 1]
+    return p / p.sum()
+
+
+_C_N = np.exp(np.linspace(np.log(SERSIC_N_BOUNDS[0]), np.log(SERSIC_N_BOUNDS[1]), 200))
+_C_TABLE = np.array([(special.gammaincinv(2 * n, 0.9) / special.gammaincinv(2 * n, 0.5)) ** n for n in _C_N])
+
+
+def concentration_index(r50: float, r90: float, psf_r50: float, psf_r90: float) -> float:
+    """Cheap Sersic index from r90/r50 after removing the PSF's radii in quadrature (start and fallback)."""
+    d50 = math.sqrt(max(r50**2 - psf_r50**2, 0.25))
+    d90 = math.sqrt(max(r90**2 - psf_r90**2, 0.5))
+    return float(np.interp(d90 / d50, _C_TABLE, _C_N))
+
+
+class SersicFitter:
+    """PSF-convolved elliptical Sersic model of one stamp, fitted with scipy least_squares.
+
+    Free: centre (x0, y0), log r_e (circularised half-light radius), log n and the ellipticity
+    (e1, e2) = e (cos 2phi, sin 2phi) with axis ratio q = (1 - e) / (1 + e). The flux
+    is solved linearly at each step (variable projection, Kaufman's Jacobian); the sky is fixed
+    beforehand (_Detection.masked_sky), since fitting it too trades against n. The profile and its
+    analytic derivatives are averaged over the pixel (supersampled near the centre, where the profile
+    is steep; plain centre samples elsewhere), then convolved by FFT with the PSF. The PSF image is
+    pixel-integrated (as HSC PSF images and GalSim renderings are), so its transform is divided by
+    the pixel's sinc to avoid convolving twice with the pixel.
+    """
+
+    SUPERSAMPLE = 5
+    CORE_SUPERSAMPLE = 15
+    SUPER_HALF = 2
+
+    def __init__(self, psf: np.ndarray) -> None:
+        self.psf = psf
+        self.pad = (psf.shape[0] // 2, psf.shape[1] // 2)
+        self.psf_radii = self._radii(psf)
+        self._ft_cache: dict[tuple[int, int], np.ndarray] = {}
+        s, c = self.SUPERSAMPLE, self.CORE_SUPERSAMPLE
+        self._sub = (np.arange(s) + 0.5) / s - 0.5
+        self._core = (np.arange(c) + 0.5) / c - 0.5
+
+    @staticmethod
+    def _radii(img: np.ndarray) -> tuple[float, float]:
+        """Radii holding 50% and 90% of a PSF image's flux."""
+        cy, cx = (img.shape[0] - 1) / 2.0, (img.shape[1] - 1) / 2.0
+        r, _ = sep.flux_radius(np.ascontiguousarray(img), _arr(cx), _arr(cy), _arr(cx), np.array([0.5, 0.9]), subpix=5)
+        return float(r[0][0]), float(r[0][1])
+
+    def _psf_ft(self, shape: tuple[int, int]) -> np.ndarray:
+        ft = self._ft_cache.get(shape)
+        if ft is None:
+            k = np.zeros(shape)
+            ph, pw = self.psf.shape
+            k[:ph, :pw] = self.psf
+            k = np.roll(k, (-(ph // 2), -(pw // 2)), axis=(0, 1))
+            fy = sfft.fftfreq(shape[0])[:, None]
+            fx = sfft.rfftfreq(shape[1])[None, :]
+            ft = (sfft.rfft2(k) / (np.sinc(fy) * np.sinc(fx))).astype(np.complex64)
+            self._ft_cache[shape] = ft
+        return ft
+
+    @staticmethod
+    def _shape_terms(p: np.ndarray) -> dict[str, float]:
+        """Scalars of parameter vector p shared by the profile and its derivatives."""
+        _, _, lre, ln, e1, e2 = p
+        n = math.exp(ln)
+        e = max(math.hypot(e1, e2), 1e-6)
+        clipped = e > 0.9
+        e_eff = min(e, 0.9)
+        q = (1.0 - e_eff) / (1.0 + e_eff)
+        phi = 0.5 * math.atan2(e2, e1)
+        dq_de = 0.0 if clipped else -2.0 / (1.0 + e_eff) ** 2
+        bn = float(special.gammaincinv(2.0 * n, 0.5))
+        dbn = (float(special.gammaincinv(2.0 * n * 1.001, 0.5)) - bn) / (0.001 * n)
+        return dict(
+            n=n, q=q, c=math.cos(phi), s=math.sin(phi), inv_re2=math.exp(-2.0 * lre), bn=bn, dbn=dbn,
+            dq_de1=dq_de * e1 / e, dq_de2=dq_de * e2 / e, dphi_de1=-0.5 * e2 / e**2, dphi_de2=0.5 * e1 / e**2,
+        )
+
+    @staticmethod
+    def _profile(dx: np.ndarray, dy: np.ndarray, k: dict[str, float]) -> np.ndarray:
+        """Unit-amplitude Sersic profile and its derivatives: array (7, ...) = I, dI/d(x0, y0, lre, ln, e1, e2)."""
+        n, q, c, s, ir2 = k["n"], k["q"], k["c"], k["s"], k["inv_re2"]
+        u = dx * c + dy * s
+        v = dy * c - dx * s
+        rho2 = np.maximum((q * u * u + v * v / q) * ir2, 1e-12)
+        lnr = 0.5 * np.log(rho2)
+        rpow = np.exp(lnr / n)
+        t = k["bn"] * rpow
+        img = np.exp(-t)
+        g = -img * t / (2.0 * n * rho2)  # dI/d(rho^2)
+        dr2_dq = (u * u - v * v / (q * q)) * ir2
+        dr2_dphi = 2.0 * u * v * (q - 1.0 / q) * ir2
+        return np.stack(
+            [
+                img,
+                g * (-2.0 * q * u * c + 2.0 * v * s / q) * ir2,
+                g * (-2.0 * q * u * s - 2.0 * v * c / q) * ir2,
+                img * t / n,
+                -img * (n * k["dbn"] * rpow - t * lnr / n),
+                g * (dr2_dq * k["dq_de1"] + dr2_dphi * k["dphi_de1"]),
+                g * (dr2_dq * k["dq_de2"] + dr2_dphi * k["dphi_de2"]),
+            ]
+        )
+
+    def model(self, p: np.ndarray, gx: int, gy: int, shape: tuple[int, int]) -> np.ndarray:
+        """Convolved unit-amplitude model and derivatives, (7, *shape), on the grid whose pixel (0, 0)
+        is image pixel (gx, gy)."""
+        k = self._shape_terms(p)
+        x0, y0 = p[0], p[1]
+        ny, nx = shape
+        dx = np.arange(nx) + (gx - x0)
+        dy = np.arange(ny) + (gy - y0)
+        stack = self._profile(dx[None, :].astype(np.float32), dy[:, None].astype(np.float32), k)
+        ix, iy = int(round(x0)) - gx, int(round(y0)) - gy
+        h = self.SUPER_HALF
+        ys, xs = slice(max(iy - h, 0), min(iy + h + 1, ny)), slice(max(ix - h, 0), min(ix + h + 1, nx))
+        bx, by = dx[xs], dy[ys]
+        m = len(self._sub)
+        fx = (bx[:, None] + self._sub[None, :]).ravel()
+        fy = (by[:, None] + self._sub[None, :]).ravel()
+        fine = self._profile(fx[None, :], fy[:, None], k)
+        stack[:, ys, xs] = fine.reshape(7, len(by), m, len(bx), m).mean(axis=(2, 4))
+        if 0 <= iy < ny and 0 <= ix < nx:
+            core = self._profile((dx[ix] + self._core)[None, :], (dy[iy] + self._core)[:, None], k)
+            stack[:, iy, ix] = core.mean(axis=(1, 2))
+        return sfft.irfft2(sfft.rfft2(stack, axes=(1, 2)) * self._psf_ft(shape), s=shape, axes=(1, 2))
+
+    def fit(
+        self, data: np.ndarray, weight: np.ndarray, x0g: int, y0g: int, p0: np.ndarray, bounds: tuple
+    ) -> optimize.OptimizeResult:
+        """Fit p = (x0, y0, log re, log n, e1, e2) to the stamp `data` (pixel (0, 0) = image (x0g, y0g))
+        with per-pixel weights 1/sigma (0 = masked); the model grid is the stamp padded by the PSF
+        half-size so that light from outside the stamp is convolved in."""
+        py, px = self.pad
+        sh, sw = data.shape
+        shape = (sfft.next_fast_len(sh + 2 * py, real=True), sfft.next_fast_len(sw + 2 * px, real=True))
+        sel = weight > 0
+        wts = weight[sel]
+        wd = data[sel] * wts
+        cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+        def evaluate(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            key = p.tobytes()
+            if key not in cache:
+                cache.clear()
+                stack = self.model(p, x0g - px, y0g - py, shape)[:, py : py + sh, px : px + sw][:, sel].astype(np.float64) * wts
+                m = stack[0]
+                mm = float(m @ m)
+                flux = float(m @ wd) / mm  # the linear parameter, solved exactly
+                r = flux * m - wd
+                jac = flux * stack[1:].T
+                jac -= np.outer(m, (m @ jac) / mm)  # Kaufman's variable-projection Jacobian
+                cache[key] = (r, jac)
+            return cache[key]
+
+        return optimize.least_squares(
+            lambda p: evaluate(p)[0], p0, jac=lambda p: evaluate(p)[1], bounds=bounds, method="trf",
+            x_scale=np.array([0.1, 0.1, 0.1, 0.1, 0.05, 0.05]), xtol=1e-3, ftol=1e-4, max_nfev=60,
+        )
+
+
+def fit_sersic_index(
+    det: _Detection, i: int, corrected: np.ndarray, flux_auto: float, fitter: SersicFitter
+) -> tuple[float, bool, bool]:
+    """Sersic index of detection i: (n, at_bound, failed). On failure n is the concentration estimate."""
+    o = det.objects[i]
+    x, y, a, b = float(o["x"]), float(o["y"]), float(o["a"]), float(o["b"])
+    seg_id = i + 1
+    r, _ = sep.flux_radius(
+        corrected, _arr(x), _arr(y), _arr(SE_NSIG * a), np.array([0.5, 0.9]), normflux=_arr(flux_auto), subpix=5
+    )
+    r50, r90 = float(r[0][0]), float(r[0][1])
+    p50, p90 = fitter.psf_radii
+    n_conc = concentration_index(r50, r90, p50, p90) if (flux_auto > 0 and r50 > 0) else 1.0
+    try:
+        half = int(min(5 * a + 6, MAX_STAMP_HALF))
+        h, w = det.shape
+        xc, yc = int(round(x)), int(round(y))
+        x0g, x1g = max(xc - half, 0), min(xc + half + 1, w)
+        y0g, y1g = max(yc - half, 0), min(yc + half + 1, h)
+        stamp = det.data[y0g:y1g, x0g:x1g] - det.masked_sky()
+        seg = det.segmap[y0g:y1g, x0g:x1g]
+        weight = (((seg == 0) | (seg == seg_id)) & np.isfinite(stamp)).astype(np.float64) / det.rms
+        # starting point: sep centroid, PSF-deconvolved moments and concentration index
+        s2 = (p50 / 1.1774) ** 2  # Gaussian-equivalent PSF variance from its half-light radius
+        q0 = math.sqrt(max(b * b - s2, 0.04) / max(a * a - s2, 0.04))
+        q0 = min(max(q0, 0.2), 1.0)
+        e0 = max((1 - q0) / (1 + q0), 1e-3)
+        th = float(o["theta"])
+        re0 = math.sqrt(max(r50**2 - p50**2, 0.25))
+        lo_n, hi_n = SERSIC_N_BOUNDS
+        n0 = min(max(n_conc, 0.5), 6.0)
+        p0 = np.array([x, y, math.log(re0), math.log(n0), e0 * math.cos(2 * th), e0 * math.sin(2 * th)])
+        lo = np.array([x - 3, y - 3, math.log(0.2), math.log(lo_n), -0.9, -0.9])
+        hi = np.array([x + 3, y + 3, math.log(3.0 * max(half, 3)), math.log(hi_n), 0.9, 0.9])
+        p0 = np.clip(p0, lo + 1e-6, hi - 1e-6)
+        res = fitter.fit(stamp, weight, x0g, y0g, p0, (lo, hi))
+        n = math.exp(res.x[3])
+        if not (res.status > 0 and math.isfinite(n)):
+            return n_conc, False, True
+        at_bound = abs(res.x[3] - math.log(lo_n)) < 0.01 or abs(res.x[3] - math.log(hi_n)) < 0.01
+        return n, at_bound, False
+    except Exception:  # any failure of the fit leaves the other columns standing
+        return n_conc, False, True
+
+
+# --- public API --------------------------------------------------------------------------------------
+def measure_band(image: np.ndarray, psf: np.ndarray | None, *, fit_sersic: bool = True) -> dict[str, Any]:
+    """Measure one band image: BAND_COLUMNS for its central galaxy (the detection nearest the centre).
+
+    `psf`: that band's PSF image (pixel-integrated, any size, centred); None uses default_psf().
+    Never raises on image content: a band that cannot be measured comes back with NaN values and
+    measurement_error True; one without detections has zero counts and no_detection True.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"a band image must be 2-D, got shape {image.shape}")
+    row = _blank_row()
+    try:
+        det = _Detection(image)
+        n_obj = len(det.objects)
+        row["total_galaxies"] = float(n_obj)
+        dist = det.distances()
+        for r in NEIGHBOUR_RADII:
+            row[f"central_image_pop_{r}px_rad"] = float(np.count_nonzero(dist <= r))
+        if n_obj == 0:
+            row["no_detection"] = True
+            return row
+        i = int(np.argmin(dist))
+        values, corrected = _se_measurements(det, i)
+        flux_auto = values.pop("flux_auto")
+        row.update(values)
+        row["blended_centre"] = bool(det.objects[i]["flag"] & sep.OBJ_MERGED)
+        if fit_sersic:
+            fitter = SersicFitter(_prepare_psf(psf))
+            n, at_bound, failed = fit_sersic_index(det, i, corrected, flux_auto, fitter)
+            row.update(sersic_index=n, sersic_at_bound=at_bound, sersic_failed=failed)
+        expected = [c for c in MEASUREMENT_COLUMNS if fit_sersic or c != "sersic_index"]
+        if not all(math.isfinite(row[c]) for c in expected):
+            return _error_row()
+        return {c: (bool(v) if c in FLAG_COLUMNS else float(v)) for c, v in row.items()}
+    except Exception:  # sep raises where SE carries on (pixel stack, deblending overflow, ...)
+        return _error_row()
+
+
+def measure_galaxy(
+    cube: np.ndarray, psfs: Sequence[np.ndarray | None] | None, bands: Sequence[str] = BANDS, *, fit_sersic: bool = True
+) -> dict[str, Any]:
+    """Measure every band of a (n_bands, H, W) cube: `{band}_{column}` for all BAND_COLUMNS.
+
+    A band that fails comes back as NaN values with `{band}_measurement_error` True; this never
+    raises for image content (a cube whose band count differs from `bands` is a caller error).
+    """
+    cube = np.asarray(cube)
+    if cube.ndim != 3 or cube.shape[0] != len(bands):
+        raise ValueError(f"cube of shape {cube.shape} does not hold {len(bands)} band images")
+    if psfs is not None and len(psfs) != len(bands):
+        raise ValueError(f"{len(psfs)} PSFs for {len(bands)} bands")
+    out: dict[str, Any] = {}
+    for k, band in enumerate(bands):
+        try:
+            row = measure_band(cube[k], None if psfs is None else psfs[k], fit_sersic=fit_sersic)
+        except Exception:
+            row = _error_row()
+        out.update({f"{band}_{c}": row[c] for c in BAND_COLUMNS})
+    return out
+
+
+# --- command -----------------------------------------------------------------------------------------
+def read_fits_image(path: str | Path) -> np.ndarray:
+    """The image of a cutout FITS file: HDU 1 as the HSC cutout service writes it, else the primary
+    HDU; 2-D (one band) or 3-D (a stack of bands or PSFs)."""
+    from astropy.io import fits
+
+    with fits.open(path, memmap=False) as hdul:
+        for hdu in list(hdul[1:2]) + [hdul[0]]:
+            if hdu.data is not None and getattr(hdu, "is_image", False) and hdu.data.ndim in (2, 3):
+                return _native(hdu.data)
+    raise ValueError(f"{path}: no 2-D or 3-D image in HDU 1 or the primary HDU")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m galaxiesml.morphology FILE.fits ... [--psf PSF.fits] [--format csv|json] [--no-sersic]`."""
+    ap = argparse.ArgumentParser(prog="python -m galaxiesml.morphology", description=main.__doc__)
+    ap.add_argument("files", nargs="+", help="FITS cutouts (2-D band images or 3-D stacks of bands)")
+    ap.add_argument("--psf", help="PSF FITS file (2-D, or 3-D with one plane per band of the cutouts)")
+    ap.add_argument("--format", choices=("csv", "json"), default="csv")
+    ap.add_argument("--no-sersic", action="store_true", help="skip the Sersic fit (sersic_index NaN)")
+    args = ap.parse_args(argv)
+    psf = read_fits_image(args.psf) if args.psf else None
+    rows = []
+    for f in args.files:
+        try:
+            img = read_fits_image(f)
+        except Exception as exc:  # an unreadable file is one error row, not the end of the run
+            print(f"{f}: {exc}", file=sys.stderr)
+            rows.append({"file": f, "plane": 0, **_error_row()})
+            continue
+        planes = img if img.ndim == 3 else img[None]
+        for k, plane in enumerate(planes):
+            p = psf if psf is None or psf.ndim == 2 else psf[k] if k < len(psf) else None
+            rows.append({"file": f, "plane": k, **measure_band(plane, p, fit_sersic=not args.no_sersic)})
+    fields = ["file", "plane", *BAND_COLUMNS]
+    if args.format == "json":
+        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+        json.dump(clean, sys.stdout, indent=1, default=lambda v: v.item())
+        sys.stdout.write("\n")
+    else:
+        wr = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: (int(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in r.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

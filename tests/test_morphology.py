@@ -1,0 +1,236 @@
+"""galaxiesml.morphology: columns, edge cases, Sersic accuracy, real HSC pixels, the command."""
+from __future__ import annotations
+
+import io
+import json
+import math
+from contextlib import redirect_stdout
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from galaxiesml import morphology as M
+from tests.conftest import REAL_HSC
+from tests.synthetic_cutouts import psf_image, render_cutout, render_set
+
+FLOAT_COLUMNS = M.MEASUREMENT_COLUMNS
+
+
+def assert_well_formed(row: dict, *, fit_sersic: bool = True) -> None:
+    """Every column present; every NaN explained by a flag; flags are bools."""
+    assert set(row) == set(M.BAND_COLUMNS)
+    for c in M.FLAG_COLUMNS:
+        assert isinstance(row[c], bool), c
+    if row["measurement_error"]:
+        assert all(math.isnan(row[c]) for c in FLOAT_COLUMNS)
+        return
+    counts = [row[c] for c in ("total_galaxies", "central_image_pop_15px_rad", "central_image_pop_10px_rad", "central_image_pop_5px_rad")]
+    assert all(float(v).is_integer() for v in counts)
+    assert counts[0] >= counts[1] >= counts[2] >= counts[3] >= 0
+    if row["no_detection"]:
+        assert counts == [0, 0, 0, 0]
+        assert all(math.isnan(row[c]) for c in FLOAT_COLUMNS if c not in ("total_galaxies",) and not c.startswith("central"))
+        return
+    assert counts[0] >= 1
+    expected = [c for c in FLOAT_COLUMNS if fit_sersic or c != "sersic_index"]
+    assert all(math.isfinite(row[c]) for c in expected), row
+    assert 0.0 <= row["ellipticity"] < 1.0
+    assert row["major_axis"] >= row["minor_axis"] > 0
+    assert -90.0 <= row["pos_angle"] <= 90.0
+    if fit_sersic:
+        assert M.SERSIC_N_BOUNDS[0] - 1e-9 <= row["sersic_index"] <= M.SERSIC_N_BOUNDS[1] + 1e-9
+
+
+# --- columns -------------------------------------------------------------------------------------------
+def test_column_constants():
+    assert len(M.MEASUREMENT_COLUMNS) == 13 and len(M.FLAG_COLUMNS) == 5
+    assert len(M.MORPHOLOGY_COLUMNS) == 5 * 18
+    assert M.MORPHOLOGY_COLUMNS[0] == "g_ellipticity" and M.MORPHOLOGY_COLUMNS[-1] == "y_measurement_error"
+    assert set(M.COLUMN_DTYPES) == set(M.BAND_COLUMNS)
+
+
+# --- ordinary measurement ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cutouts():
+    return render_set(11, 6)
+
+
+def test_measure_band_on_synthetic_cutouts(cutouts):
+    for c in cutouts:
+        row = M.measure_band(c.image, psf_image())
+        assert_well_formed(row)
+        assert not row["no_detection"] and not row["measurement_error"]
+        assert row["total_galaxies"] >= 1
+        assert row["central_image_pop_5px_rad"] >= 1  # the central galaxy itself
+
+
+def test_byte_order_and_dtype_do_not_matter(cutouts):
+    img = cutouts[0].image
+    native = M.measure_band(img, None, fit_sersic=False)
+    big = M.measure_band(img.astype(">f4"), None, fit_sersic=False)
+    f64 = M.measure_band(np.asfortranarray(img.astype(">f8")), None, fit_sersic=False)
+    for c in FLOAT_COLUMNS:
+        if c == "sersic_index":
+            continue
+        assert big[c] == native[c], c
+        assert f64[c] == pytest.approx(native[c], rel=1e-4, abs=1e-4), c
+
+
+def test_no_sersic_leaves_it_nan_without_failure_flag(cutouts):
+    row = M.measure_band(cutouts[1].image, None, fit_sersic=False)
+    assert math.isnan(row["sersic_index"]) and not row["sersic_failed"]
+    assert_well_formed(row, fit_sersic=False)
+
+
+def test_neighbour_counts_are_circles_not_diagonals():
+    """Two point sources 7 px from the centre along x (not on a diagonal) count within 10 px."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(0, 1, (127, 127))
+    yy, xx = np.mgrid[:127, :127]
+    for x0, y0 in ((63, 63), (70, 63), (63, 51)):
+        img += 200 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.8**2))
+    row = M.measure_band(img, None, fit_sersic=False)
+    assert (row["total_galaxies"], row["central_image_pop_15px_rad"], row["central_image_pop_10px_rad"], row["central_image_pop_5px_rad"]) == (3, 3, 2, 1)
+
+
+# --- edge cases: flagged rows, never an exception ------------------------------------------------------
+def _star(amplitude: float, noise: float = 1.0, seed: int = 1) -> np.ndarray:
+    yy, xx = np.mgrid[:127, :127]
+    rng = np.random.default_rng(seed)
+    return amplitude * np.exp(-((xx - 63) ** 2 + (yy - 63) ** 2) / (2 * 1.8**2)) + rng.normal(0, noise, (127, 127))
+
+
+@pytest.mark.parametrize(
+    "name, image, expect",
+    [
+        ("nan", np.full((127, 127), np.nan, dtype=np.float32), "measurement_error"),
+        ("inf", np.full((127, 127), np.inf), "measurement_error"),
+        ("zeros", np.zeros((127, 127), dtype=np.float32), "no_detection"),
+        ("constant", np.full((127, 127), 3.5), "no_detection"),
+        ("saturated", np.full((127, 127), 65535.0, dtype=np.float32), "no_detection"),
+        ("noise only", np.random.default_rng(3).normal(0, 1, (127, 127)) * 1e-3, "no_detection"),
+        ("clipped star", np.minimum(_star(1e6), 5e4), None),
+        ("bright star", _star(1e5), None),
+        ("nan border", np.pad(_star(300)[20:-20, 20:-20], 20, constant_values=np.nan), None),
+    ],
+)
+def test_edge_cases_give_flagged_rows(name, image, expect):
+    row = M.measure_band(image, None)
+    assert_well_formed(row)
+    if expect is not None:
+        assert row[expect], (name, row)
+    else:
+        assert not row["measurement_error"] and not row["no_detection"], (name, row)
+        assert row["central_image_pop_5px_rad"] >= 1
+
+
+def test_no_detection_when_only_noise():
+    # pure noise at these seeds gives no 5-pixel 3-sigma detection
+    found = [M.measure_band(np.random.default_rng(s).normal(0, 1, (127, 127)), None) for s in range(5)]
+    empty = [r for r in found if r["total_galaxies"] == 0]
+    assert empty and all(r["no_detection"] and math.isnan(r["major_axis"]) for r in empty)
+
+
+def test_star_is_round_and_compact():
+    row = M.measure_band(_star(1e4), None)
+    assert row["ellipticity"] < 0.05
+    assert row["half_light_radius"] == pytest.approx(1.8 * 1.1774, rel=0.1)
+    assert row["sersic_index"] < 1.0 or row["sersic_at_bound"]
+
+
+def test_measure_galaxy_isolates_a_failing_band(cutouts):
+    cube = np.stack([c.image for c in cutouts[:5]])
+    cube[2] = np.nan
+    out = M.measure_galaxy(cube, [psf_image()] * 5)
+    assert list(out) == list(M.MORPHOLOGY_COLUMNS)
+    assert out["i_measurement_error"] and math.isnan(out["i_major_axis"])
+    for b in "grzy":
+        assert not out[f"{b}_measurement_error"]
+        assert math.isfinite(out[f"{b}_sersic_index"])
+
+
+def test_measure_galaxy_rejects_a_cube_of_the_wrong_shape():
+    with pytest.raises(ValueError):
+        M.measure_galaxy(np.zeros((4, 127, 127)), None)
+
+
+# --- Sersic index accuracy -----------------------------------------------------------------------------
+def test_sersic_index_recovers_truth_at_snr_50():
+    """n in {0.5, 1, 2, 4}, S/N 50 (FLUX_AUTO/FLUXERR_AUTO), right PSF, 0-2 neighbours: 30 each."""
+    rng = np.random.default_rng(99)
+    psf = psf_image()
+    logs = {}
+    for n in (0.5, 1.0, 2.0, 4.0):
+        est = []
+        for _ in range(30):
+            c = render_cutout(rng, n=n, snr=50.0, neighbours=(0, 2), hlr_arcsec=(0.3, 1.0))
+            row = M.measure_band(c.image, psf)
+            assert not row["measurement_error"] and not row["no_detection"]
+            est.append(row["sersic_index"])
+        logs[n] = np.log10(np.array(est) / n)
+    pooled = np.concatenate(list(logs.values()))
+    bias = float(np.median(pooled))
+    nmad = float(1.4826 * np.median(np.abs(pooled - bias)))
+    assert abs(bias) <= 0.03, bias
+    assert nmad <= 0.12, nmad
+    for n, v in logs.items():
+        assert abs(np.median(v)) <= 0.06, (n, np.median(v))
+
+
+def test_default_psf_is_a_0p7_arcsec_moffat():
+    p = M.default_psf()
+    assert p.shape == (2 * M.MAX_PSF_HALF + 1,) * 2
+    assert p.sum() == pytest.approx(1.0, abs=0.02)
+    fwhm_px = 2 * M.SersicFitter._radii(p / p.sum())[0]  # a Moffat's FWHM is close to 2 r_half
+    assert 3.0 < fwhm_px < 6.0
+
+
+# --- real HSC pixels ------------------------------------------------------------------------------------
+def test_real_hsc_cutout_against_its_sep_catalogue():
+    data = np.load(REAL_HSC / "hsc_cosmos.npz")
+    images, psfs, cat = data["images"], data["psfs"], data["catalog"]
+    bright = cat[int(np.argmax(cat["flux"]))]
+    # pad (with no-data NaNs) so that the catalogue's brightest source sits at the centre (63, 63)
+    ox, oy = 63 - int(round(bright["x"])), 63 - int(round(bright["y"]))
+    h, w = images.shape[1:]
+    cube = np.full((5, 127, 127), np.nan, dtype=np.float32)
+    cube[:, oy : oy + h, ox : ox + w] = images
+    out = M.measure_galaxy(cube, list(psfs))
+    for b in "grizy":
+        row = {c: out[f"{b}_{c}"] for c in M.BAND_COLUMNS}
+        assert_well_formed(row)
+        assert not row["measurement_error"] and not row["no_detection"], b
+        assert 1 <= row["total_galaxies"] <= 2 * len(cat)
+    for b in "riz":  # the deep bands see the galaxy much as the stored catalogue does
+        a, bb = out[f"{b}_major_axis"], out[f"{b}_minor_axis"]
+        assert 0.5 < a / bright["a"] < 2.0 and 0.5 < bb / bright["b"] < 2.0, (b, a, bb)
+        assert out[f"{b}_total_galaxies"] >= 3
+        assert out[f"{b}_central_image_pop_5px_rad"] == 1
+        assert 0.2 <= out[f"{b}_sersic_index"] <= 8.0
+
+
+# --- the command ------------------------------------------------------------------------------------------
+def _run(argv: list[str]) -> str:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert M.main(argv) == 0
+    return buf.getvalue()
+
+
+def test_command_reads_hdu1_cutouts_and_writes_json(tmp_path, cutouts):
+    path = tmp_path / "cutout.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(cutouts[0].image.astype(">f4"))]).writeto(path)
+    rows = json.loads(_run([str(path), "--format", "json", "--no-sersic"]))
+    assert len(rows) == 1 and rows[0]["file"] == str(path)
+    assert rows[0]["sersic_index"] is None and rows[0]["total_galaxies"] >= 1
+    assert rows[0]["major_axis"] == pytest.approx(M.measure_band(cutouts[0].image, None, fit_sersic=False)["major_axis"])
+
+
+def test_command_measures_a_primary_hdu_cube_with_its_psfs_as_csv():
+    out = _run([str(REAL_HSC / "Cut_HSC.fits"), "--psf", str(REAL_HSC / "PSF_HSC.fits")])
+    lines = out.strip().splitlines()
+    assert lines[0].split(",") == ["file", "plane", *M.BAND_COLUMNS]
+    assert len(lines) == 6
+    err = lines[0].split(",").index("measurement_error")
+    assert all(line.split(",")[err] == "0" for line in lines[1:])
