@@ -1,0 +1,63 @@
+"""Facts about HSC PDR2 cutout files and replies that the clients, the stand-ins and the synthetic
+sky all rely on: filter names, zero point, pixel scale, mask planes and tar member names.
+Kept in one place so the three cannot drift apart (see /work/shared/notes/hsc-services.md)."""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from galaxiesml.schema import BANDS
+
+#: Coadd pixel scale in arcsec per pixel.
+PIXEL_SCALE: float = 0.168
+#: AB zero point of coadd counts.
+ZERO_POINT: float = 27.0
+FLUXMAG0: float = 10 ** (0.4 * ZERO_POINT)
+RERUN: str = "pdr2_wide"
+
+#: The filter name the archive uses for each band, in g, r, i, z, y order.
+FILTERS: dict[str, str] = {b: f"HSC-{b.upper()}" for b in BANDS}
+#: Older filters some fields were observed with; clients retry a missing r or i cutout with them.
+FALLBACK_FILTERS: dict[str, str] = {"HSC-R": "HSC-R2", "HSC-I": "HSC-I2"}
+#: Band of every filter name the archive knows.
+BAND_OF_FILTER: dict[str, str] = {**{f: b for b, f in FILTERS.items()}, "HSC-R2": "r", "HSC-I2": "i"}
+
+#: PDR2 mask bit planes (the MP_* header cards of a cutout carry the same mapping).
+MASK_PLANES: dict[str, int] = {
+    name: bit
+    for bit, name in enumerate(
+        (
+            "BAD", "SAT", "INTRP", "CR", "EDGE", "DETECTED", "DETECTED_NEGATIVE", "SUSPECT", "NO_DATA",
+            "BRIGHT_OBJECT", "CROSSTALK", "NOT_DEBLENDED", "UNMASKEDNAN", "REJECTED", "CLIPPED",
+            "SENSOR_EDGE", "INEXACT_PSF",
+        )
+    )
+}
+
+#: Half width (arcsec) that gives a 127 x 127 pixel cutout: 63 pixels either side of the centre.
+HALF_WIDTH_127: float = 63 * PIXEL_SCALE
+
+
+class MemberName(NamedTuple):
+    """What the name of one tar member of a das_cutout reply says."""
+
+    lineno: int
+    filter: str
+    tract: int
+    rerun: str
+
+
+_MEMBER_RE = re.compile(r"(?:^|/)(\d+)-cutout-(HSC-[A-Z0-9]+)-(\d+)-([A-Za-z0-9_]+)\.fits$")
+
+
+def member_name(archive: str, lineno: int, filter_name: str, tract: int, rerun: str) -> str:
+    """The member name das_cutout gives the cutout of list line `lineno`."""
+    return f"{archive}/{lineno}-cutout-{filter_name}-{tract}-{rerun}.fits"
+
+
+def parse_member_name(name: str) -> MemberName | None:
+    """Parse a das_cutout member name; None when it is not a cutout name."""
+    m = _MEMBER_RE.search(name)
+    if m is None:
+        return None
+    return MemberName(int(m.group(1)), m.group(2), int(m.group(3)), m.group(4))
