@@ -86,3 +86,15 @@ def appendix_a_sql() -> str:
     from importlib.resources import files
 
     return files("galaxiesml").joinpath("sql/appendix_a_pdr2.sql").read_text()
+
+#: A galaxy kept by the catalog stages that a later stage could not complete.
+FAILED_SCHEMA = pa.schema(
+    [
+        *PROVENANCE_FIELDS,
+        pa.field("object_id", pa.int64()),
+        pa.field("specz_name", pa.string()),
+        pa.field("stage", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+)

@@ -7,19 +7,23 @@ import apache_beam as beam
 import pyarrow as pa
 
 from galaxiesml.cuts import PAPER_RULES
+from galaxiesml.funnel import count_by
 from pipeline import __version__
-from pipeline.options import GalaxiesMLOptions, parse_fractions, sample_cuts
+from pipeline.options import GalaxiesMLOptions, cutout_config, parse_fractions, sample_cuts
 from transforms.dedup import DUPLICATES, Deduplicate
+from transforms.fetch_cutouts import FAILED, FetchCutouts
+from transforms.measure_morphology import MeasureMorphology
 from transforms.mini_sample import MiniSample
 from transforms.quality_cuts import QualityCuts
 from transforms.read_catalog import COUNTS, REJECTED, ReadCatalog
 from transforms.splits import AssignSplits
-from transforms.write_catalog import WriteCatalog
+from transforms.write_catalog import WriteCatalog, WriteSummary
+from transforms.write_galaxies import WriteGalaxies
 
 
 def run_info(opts: GalaxiesMLOptions) -> dict:
     """What summary.json records about how the build was made."""
-    return {
+    info = {
         "tool": "galaxiesml-builder",
         "version": __version__,
         "catalog": opts.catalog,
@@ -30,11 +34,25 @@ def run_info(opts: GalaxiesMLOptions) -> dict:
         "extra_cuts": {k: v for k, v in dataclasses.asdict(sample_cuts(opts)).items() if v},
         "mini_size": opts.mini_size,
         "mini_seed": opts.mini_seed,
+        "cutout_source": opts.cutout_source,
     }
+    if opts.cutout_source != "none":
+        info["cutouts"] = dataclasses.asdict(cutout_config(opts))  # no credentials: they stay in the environment
+        info["psf"] = opts.psf or "Moffat FWHM 0.7 arcsec"
+        info["sersic_fit"] = not opts.no_sersic
+    return info
+
+
+def _galaxy_counts(record: dict) -> dict:
+    return {f"kept.{record['row']['split']}": 1}
+
+
+def _failed_counts(record: dict) -> dict:
+    return {f"failed.{record['stage']}.{record['reason']}": 1}
 
 
 def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
-    """Add the catalog stages to `p`; returns the main PCollections by name."""
+    """Add every stage to `p`; returns the main PCollections by name."""
     extra = sample_cuts(opts)
     read = p | "ReadCatalog" >> ReadCatalog(opts.catalog, opts.catalog_batch_rows, extra.require_true)
     cut = read.rows | "QualityCuts" >> QualityCuts(PAPER_RULES + extra.rules())
@@ -46,10 +64,28 @@ def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
         rejected.append(mini[REJECTED])
     kept = kept | "AssignSplits" >> AssignSplits(opts.split_seed, parse_fractions(opts.split_fractions))
     outputs = {
-        "read_counts": read[COUNTS],
         "kept": kept,
         "rejected": tuple(rejected) | "AllRejected" >> beam.Flatten().with_output_types(pa.Table),
         "duplicates": dedup[DUPLICATES],
     }
-    outputs["summary"] = outputs | "WriteCatalog" >> WriteCatalog(opts.output, run_info(opts))
+    counts = [
+        read[COUNTS],
+        outputs["rejected"] | "Count rejected" >> beam.Map(count_by, "reason", "rejected"),
+        outputs["duplicates"] | "Count duplicates" >> beam.Map(count_by, "duplicate_key", "duplicates"),
+        kept | "Count catalog kept" >> beam.Map(count_by, "split", "catalog_kept"),
+    ]
+    if opts.cutout_source == "none":
+        counts.append(kept | "Count kept" >> beam.Map(count_by, "split", "kept"))
+    else:
+        fetched = kept | "FetchCutouts" >> FetchCutouts(cutout_config(opts))
+        measured = fetched.galaxies | "MeasureMorphology" >> MeasureMorphology(opts.psf, not opts.no_sersic)
+        outputs["galaxies"] = measured.galaxies
+        outputs["failed"] = (fetched[FAILED], measured[FAILED]) | "AllFailed" >> beam.Flatten()
+        outputs["galaxy_files"] = measured.galaxies | "WriteGalaxies" >> WriteGalaxies(
+            opts.output, opts.galaxies_per_shard
+        )
+        counts.append(measured.galaxies | "Count kept" >> beam.Map(_galaxy_counts))
+        counts.append(outputs["failed"] | "Count failed" >> beam.Map(_failed_counts))
+    outputs["written"] = outputs | "WriteCatalog" >> WriteCatalog(opts.output)
+    outputs["summary"] = tuple(counts) | "WriteSummary" >> WriteSummary(opts.output, run_info(opts))
     return outputs

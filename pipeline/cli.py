@@ -13,11 +13,12 @@ from apache_beam.io.filesystems import FileSystems
 from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import CatalogError, catalog_columns, check_columns
 from pipeline.build import build
-from pipeline.options import GalaxiesMLOptions, expand_preset, parse_fractions, sample_cuts
+from galaxiesml.hsc.credentials import Credentials, HscAuthError
+from pipeline.options import GalaxiesMLOptions, cutout_config, expand_preset, parse_fractions, sample_cuts
 from transforms.read_catalog import open_catalog
 
 USAGE = """usage: python -m pipeline [run] --catalog PATTERN --output DIR [Beam flags...]
-       python -m pipeline demo [--rows N] [--seed S] [--output DIR] [Beam flags...]
+       python -m pipeline demo [--galaxies N] [--seed S] [--output DIR] [options, Beam flags...]
        python -m pipeline generate-catalog --rows N --out FILE
 
 `python -m pipeline run --help` lists every option, ours and Beam's."""
@@ -36,8 +37,17 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
     try:
         parse_fractions(opts.split_fractions)
         extra = sample_cuts(opts)
+        if opts.cutout_source != "none":
+            cutout_config(opts)
     except ValueError as exc:
         raise UserError(str(exc))
+    if opts.cutout_source == "service":
+        try:
+            Credentials.from_env()
+        except HscAuthError as exc:
+            raise UserError(f"{exc} (or choose --cutout_source local or none)")
+    if opts.cutout_source == "local" and not FileSystems.exists(opts.patch_root or "/nonexistent"):
+        raise UserError(f"--patch_root {opts.patch_root!r} does not exist: give the folder holding deepCoadd-results/")
     matches = [m.path for r in FileSystems.match([opts.catalog]) for m in r.metadata_list]
     if not matches:
         raise UserError(f"no catalog file matches {opts.catalog!r}: check the path")
@@ -89,23 +99,11 @@ def print_funnel(summary: dict, output: str) -> None:
     lines += [f"kept                 {f['kept']:>10,}"]
     lines += [f"  {k:<27}{v:>9,}" for k, v in f["kept_by_split"].items()]
     print("\n".join(lines))
-    print(f"outputs in {output} (catalog/*.parquet, summary.json)")
-
-
-def demo(argv: list[str]) -> dict:
-    """Generate a synthetic HSC export catalog and build from it."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline demo", add_help=True)
-    parser.add_argument("--rows", type=int, default=20000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="out/demo")
-    args, beam_args = parser.parse_known_args(argv)
-    catalog = Path(args.output) / "input" / "hsc_pdr2_catalog.csv"
-    rows, _ = synthetic_catalog.make_catalog(args.rows, args.seed)
-    synthetic_catalog.write_catalog(rows, catalog)
-    print(f"demo: generated {rows.num_rows:,} catalog rows in {catalog}")
-    return run(["--catalog", str(catalog), "--output", args.output, *beam_args])
+    if f["failed"]:
+        for stage, reasons in f["failed_by_stage"].items():
+            lines_failed = ", ".join(f"{r} {n:,}" for r, n in reasons.items())
+            print(f"  failed in {stage}: {lines_failed}")
+    print(f"outputs in {output}: galaxies/<split>/*.parquet, catalog/*.parquet, summary.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             run(argv)
         elif command == "demo":
-            demo(argv)
+            from pipeline.demo import demo
+
+            demo(argv, run)
         elif command == "generate-catalog":
             return synthetic_catalog.main(argv)
         else:

@@ -2,12 +2,17 @@
 and named presets that set a group of them."""
 from __future__ import annotations
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from galaxiesml.catalog import DEFAULT_BATCH_ROWS
+from galaxiesml.cutouts import PAPER_HALF_WIDTH
+from galaxiesml.hsc.cutout_client import PDR2_CUTOUT_URL
 from galaxiesml.cuts import SampleCuts
 from galaxiesml.schema import BANDS
 from galaxiesml.splits import check_fractions
+from transforms.fetch_cutouts import GALAXIES_PER_REQUEST, CutoutConfig
+from transforms.write_galaxies import DEFAULT_PER_SHARD
 
 #: Named groups of options. Flags given on the command line override a preset's.
 PRESETS: dict[str, tuple[str, list[str]]] = {
@@ -90,6 +95,24 @@ def sample_cuts(opts: "GalaxiesMLOptions") -> SampleCuts:
     )
 
 
+def cutout_config(opts: "GalaxiesMLOptions") -> CutoutConfig:
+    """The cutout stage's settings from the options."""
+    planes = tuple(p.strip() for p in opts.cutout_planes.split(",") if p.strip())
+    if not planes or planes[0] != "image" or set(planes) - {"image", "mask", "variance"}:
+        raise ValueError(f"--cutout_planes takes image, optionally with mask and variance, got {opts.cutout_planes!r}")
+    cache = opts.cutout_cache or FileSystems.join(opts.output, "cache", "cutouts")
+    return CutoutConfig(
+        source=opts.cutout_source,
+        url=opts.hsc_url,
+        patch_root=opts.patch_root,
+        half_width=opts.cutout_half_width,
+        planes=planes,
+        cache="" if cache == "none" else cache,
+        max_streams=opts.max_streams,
+        galaxies_per_request=opts.galaxies_per_request,
+    )
+
+
 class GalaxiesMLOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -125,6 +148,47 @@ class GalaxiesMLOptions(PipelineOptions):
             type=int,
             default=DEFAULT_BATCH_ROWS,
             help="rows per Arrow batch when reading table files",
+        )
+        images = parser.add_argument_group("images and morphology")
+        images.add_argument(
+            "--cutout_source",
+            choices=["service", "local", "none"],
+            default="service",
+            help="where the 5-band cutouts come from: the HSC cutout service (credentials from "
+            "HSC_SSP_CAS_USER / HSC_SSP_CAS_PASSWORD), local coadd patch files (--patch_root), or "
+            "none (catalog stages only)",
+        )
+        images.add_argument("--hsc_url", default=PDR2_CUTOUT_URL, help="the das_cutout endpoint (or a stand-in's)")
+        images.add_argument("--patch_root", default="", help="root of local patch files (deepCoadd-results/...)")
+        images.add_argument(
+            "--cutout_half_width",
+            type=float,
+            default=PAPER_HALF_WIDTH,
+            help="half width asked for, arcsec: the paper's 10 gives ~119 px, zero-padded to 127 (as "
+            "released); 10.584 gives a full 127 px",
+        )
+        images.add_argument(
+            "--cutout_planes", default="image", help="HSC planes kept: image, or image,mask,variance"
+        )
+        images.add_argument(
+            "--cutout_cache",
+            default="",
+            help="cache of fetched cutouts, any Beam filesystem (default <output>/cache/cutouts; 'none' to disable)",
+        )
+        images.add_argument(
+            "--max_streams",
+            type=int,
+            default=2,
+            help="concurrent requests per worker process (the HSC service allows 2 per account in all: "
+            "keep workers x max_streams <= 2)",
+        )
+        images.add_argument(
+            "--galaxies_per_request", type=int, default=GALAXIES_PER_REQUEST, help="galaxies per cutout request (<= 198)"
+        )
+        images.add_argument("--psf", default="", help="FITS cube of 5 PSF images (g..y); default a Moffat FWHM 0.7\"")
+        images.add_argument("--no_sersic", action="store_true", help="skip the Sersic fit (sersic_index NaN)")
+        images.add_argument(
+            "--galaxies_per_shard", type=int, default=DEFAULT_PER_SHARD, help="galaxies per Parquet shard (~0.5 MB each)"
         )
         cuts = parser.add_argument_group("extra cuts, on top of the paper's (each its own reason)")
         cuts.add_argument("--max_mag", help="keep mag < limit, per band: i=22.5,r=23")

@@ -32,7 +32,7 @@ def catalog_dir(tmp_path_factory) -> Path:
 
 def build(catalog_dir: Path, out: Path, *runner_flags: str):
     opts = GalaxiesMLOptions(
-        ["--catalog", str(catalog_dir / "part-*"), "--output", str(out), "--split_seed", "5", *runner_flags]
+        ["--catalog", str(catalog_dir / "part-*"), "--output", str(out), "--split_seed", "5", "--cutout_source=none", *runner_flags]
     )
     result = run_pipeline(opts)
     summary = json.loads((out / "summary.json").read_text())
@@ -131,7 +131,8 @@ def test_counters_equal_summary(fnapi_build):
     for key, n in f["duplicates_by_key"].items():
         assert counters[f"duplicates.{key}"] == n
     for split, n in f["kept_by_split"].items():
-        assert counters[f"kept.{split}"] == n
+        assert counters[f"catalog_kept.{split}"] == n
+    assert f["catalog_kept_by_split"] == f["kept_by_split"]  # no image stage: nothing fails later
 
 
 def test_same_outputs_on_multiprocessing_direct_runner(fnapi_build, catalog_dir, tmp_path):

@@ -83,9 +83,9 @@ def test_bad_cut_options_and_missing_required_column_are_clear_errors(tmp_path):
     cat = tmp_path / "c.csv"
     cat.write_bytes(hsc_csv(HEADER, [csv_line(row())]))
     with pytest.raises(UserError, match="--max_mag takes band=limit"):
-        preflight(options(["--catalog", str(cat), "--output", str(tmp_path), "--max_mag", "q=3"]))
+        preflight(options(["--catalog", str(cat), "--output", str(tmp_path), "--max_mag", "q=3", "--cutout_source=none"]))
     with pytest.raises(UserError, match="missing required column.*is_galaxy"):
-        preflight(options(["--catalog", str(cat), "--output", str(tmp_path), "--require_true", "is_galaxy"]))
+        preflight(options(["--catalog", str(cat), "--output", str(tmp_path), "--require_true", "is_galaxy", "--cutout_source=none"]))
 
 
 def test_mini_selection_is_nested_deterministic_and_stratified():
@@ -111,7 +111,7 @@ def mini_catalog(tmp_path_factory) -> Path:
 
 
 def mini_build(catalog: Path, out: Path, n: int, *flags: str) -> tuple[set, dict]:
-    run_pipeline(options(["--catalog", str(catalog), "--output", str(out), "--mini_size", str(n), *flags]))
+    run_pipeline(options(["--catalog", str(catalog), "--output", str(out), "--mini_size", str(n), "--cutout_source=none", *flags]))
     kept = pq.read_table(sorted((out / "catalog").glob("kept-*.parquet")))
     return set(kept.column("object_id").to_pylist()), json.loads((out / "summary.json").read_text())
 

@@ -14,7 +14,7 @@ from transforms.metrics import increment
 def _with_split(table: pa.Table, seed: int, fractions: tuple[float, float, float]) -> pa.Table:
     ids = np.asarray(table.column("object_id").to_numpy(), dtype=np.int64)
     out = table.append_column("split", pa.array(assign_splits(ids, seed, fractions), pa.string()))
-    increment(count_by(out, "split", "kept"))
+    increment(count_by(out, "split", "catalog_kept"))
     return out
 
 

@@ -1,0 +1,270 @@
+"""From per-band cutout FITS files to the dataset's image cube (paper section 3.3).
+
+Each band is decoded (big-endian to native), placed on a SIZE x SIZE float32 grid so that the
+galaxy's pixel lands on the centre (63, 63), and stacked as (5, SIZE, SIZE) in g, r, i, z, y order.
+Pixels the cutout did not cover (a patch edge, or a cutout smaller than the grid) are zero, as in
+the original build, and flagged PADDED in a per-pixel flag plane; non-finite pixels are zeroed and
+flagged NONFINITE. The 64 x 64 images are the central crop.
+
+Also here: the cutout cache format (one small tar of FITS files per galaxy) and a second cutout
+source that cuts the same stamps from local coadd patch files.
+"""
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from astropy.io import fits
+from astropy.nddata import Cutout2D
+from astropy.wcs import WCS
+
+from galaxiesml.hsc.cutout_client import GalaxyCutouts, Target
+from galaxiesml.hsc.format import BAND_OF_FILTER, FALLBACK_FILTERS, FILTERS, PIXEL_SCALE
+from galaxiesml.schema import BANDS
+
+SIZE = 127
+CENTRE = SIZE // 2  # 63: the galaxy's pixel
+CROP = 64
+#: Half width the paper asked the cutout service for, in arcsec (~119 px wide, padded to 127).
+PAPER_HALF_WIDTH = 10.0
+
+PADDED = 1
+NONFINITE = 2
+
+
+class CutoutError(ValueError):
+    """A band's cutout cannot give an image of the galaxy (its `reason` is a short code)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class GalaxyImage:
+    """A galaxy's image cube (5, SIZE, SIZE) float32, its flag plane (uint8, PADDED | NONFINITE),
+    the filter each band came from, and the HSC mask / variance planes when they were asked for."""
+
+    object_id: int
+    image: np.ndarray
+    flags: np.ndarray
+    filters: tuple[str, ...]
+    hsc_mask: np.ndarray | None = None
+    variance: np.ndarray | None = None
+
+
+def place_on_grid(data: np.ndarray, x: float, y: float, size: int = SIZE, fill: float = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`data` shifted so that pixel (round(x), round(y)) (zero-based) is the grid's centre;
+    returns (grid, covered) where `covered` marks the pixels that came from `data`."""
+    half = size // 2
+    cx, cy = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+    grid = np.full((size, size), fill, dtype=data.dtype)
+    covered = np.zeros((size, size), bool)
+    ny, nx = data.shape
+    x0, y0 = cx - half, cy - half  # data coordinates of the grid's corner
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + size, nx), min(y0 + size, ny)
+    if sx1 > sx0 and sy1 > sy0:
+        grid[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = data[sy0:sy1, sx0:sx1]
+        covered[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = True
+    return grid, covered
+
+
+def _native(a: np.ndarray, dtype: type) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def decode_band(data: bytes, ra: float, dec: float, size: int = SIZE) -> dict[str, np.ndarray]:
+    """One band's cutout FITS bytes -> {"image", "flags"[, "mask", "variance"]} on the grid.
+
+    Raises CutoutError when the file holds no 2-d image or the galaxy is not on it."""
+    try:
+        with fits.open(io.BytesIO(data), memmap=False) as hdul:
+            planes = {}
+            for hdu in hdul[1:] if len(hdul) > 1 else hdul:
+                kind = str(hdu.header.get("EXTTYPE", "IMAGE")).upper()
+                if hdu.data is not None and kind not in planes:
+                    planes[kind] = (np.asarray(hdu.data), hdu.header)
+    except Exception as exc:  # astropy raises many kinds for a damaged file
+        raise CutoutError("corrupt_fits", f"unreadable FITS ({type(exc).__name__})") from exc
+    if "IMAGE" not in planes or planes["IMAGE"][0].ndim != 2 or 0 in planes["IMAGE"][0].shape:
+        raise CutoutError("corrupt_fits", "no 2-d image plane")
+    image, header = planes["IMAGE"]
+    ny, nx = image.shape
+    if ny > size + 2 or nx > size + 2:
+        raise CutoutError("wrong_size", f"cutout of {nx} x {ny} px is larger than the {size} px grid")
+    x, y = WCS(header).world_to_pixel_values(ra, dec)
+    if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
+        raise CutoutError("off_cutout", f"the galaxy falls at pixel ({x:.1f}, {y:.1f}) outside the {nx} x {ny} cutout")
+    grid, covered = place_on_grid(_native(image, np.float32), x, y, size)
+    flags = np.where(covered, 0, PADDED).astype(np.uint8)
+    bad = ~np.isfinite(grid)
+    grid[bad] = 0
+    flags[bad] |= NONFINITE
+    out = {"image": grid, "flags": flags}
+    if "MASK" in planes:
+        out["mask"] = place_on_grid(_native(planes["MASK"][0], np.int32), x, y, size)[0]
+    if "VARIANCE" in planes:
+        out["variance"] = place_on_grid(_native(planes["VARIANCE"][0], np.float32), x, y, size)[0]
+    return out
+
+
+def galaxy_image(cutouts: GalaxyCutouts, size: int = SIZE, bands: Sequence[str] = BANDS) -> GalaxyImage:
+    """Stack a galaxy's bands; raises CutoutError naming the first band that is missing or bad."""
+    missing = [b for b in bands if b not in cutouts.cutouts]
+    if missing:
+        b = missing[0]
+        if b in cutouts.failed:
+            raise CutoutError("fetch_failed", f"{b} band: {cutouts.failed[b]}")
+        raise CutoutError("no_coverage", f"no {', '.join(missing)} coverage at this position")
+    decoded = []
+    for b in bands:
+        try:
+            decoded.append(decode_band(cutouts.cutouts[b], cutouts.ra, cutouts.dec, size))
+        except CutoutError as exc:
+            raise CutoutError(exc.reason, f"{b} band: {exc.detail}") from exc
+    stack = lambda key: np.stack([d[key] for d in decoded]) if all(key in d for d in decoded) else None  # noqa: E731
+    return GalaxyImage(
+        object_id=cutouts.object_id,
+        image=stack("image"),
+        flags=stack("flags"),
+        filters=tuple(cutouts.filters.get(b, FILTERS[b]) for b in bands),
+        hsc_mask=stack("mask"),
+        variance=stack("variance"),
+    )
+
+
+def central_crop(cube: np.ndarray, size: int = CROP) -> np.ndarray:
+    """The central size x size pixels of (..., N, N) images, keeping the centre pixel's place
+    (for 127 -> 64: pixels 31..94, so pixel 63 lands at 32)."""
+    n = cube.shape[-1]
+    start = n // 2 - size // 2
+    return cube[..., start : start + size, start : start + size]
+
+
+# --------------------------------------------------------------------------- cache
+
+def pack_cutouts(cutouts: GalaxyCutouts) -> bytes:
+    """A galaxy's fetched cutouts as a small tar: one `<band>-<FILTER>.fits` member per band."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for band, data in sorted(cutouts.cutouts.items()):
+            info = tarfile.TarInfo(f"{band}-{cutouts.filters.get(band, FILTERS[band])}.fits")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def unpack_cutouts(data: bytes, target: Target) -> GalaxyCutouts:
+    """The inverse of pack_cutouts; raises CutoutError for a damaged cache entry."""
+    out = GalaxyCutouts(target.object_id, target.ra, target.dec)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            for member in tar.getmembers():
+                band, _, rest = member.name.partition("-")
+                out.cutouts[band] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                out.filters[band] = rest.removesuffix(".fits")
+    except (tarfile.TarError, OSError, AttributeError) as exc:
+        raise CutoutError("bad_cache_entry", f"unreadable cache entry ({exc})") from exc
+    return out
+
+
+def cache_key(half_width: float, planes: Sequence[str]) -> str:
+    """The cache folder of one kind of cutout: cutouts of another size or planes never mix."""
+    return f"hw{half_width:.4f}-{'-'.join(planes)}"
+
+
+def cache_name(object_id: int) -> str:
+    """Where one galaxy's entry lives inside a cache folder (1,000 sub-folders)."""
+    return f"{object_id % 1000:03d}/{object_id}.tar"
+
+
+# --------------------------------------------------------------------------- local patches
+
+@dataclass
+class _Patch:
+    path: Path
+    filter: str
+    wcs: WCS
+    shape: tuple[int, int]
+
+
+@dataclass
+class LocalPatchSource:
+    """Cuts galaxies' stamps from local coadd patch files (a mirror of the HSC release, or files
+    the synthetic sky writes), laid out as <root>/deepCoadd-results/<FILTER>/<tract>/<patch>/*.fits.
+
+    For each band it picks the patch whose interior holds the galaxy farthest from an edge, cuts
+    the same box the cutout service would (astropy Cutout2D, trimmed at the patch edge), and gives
+    the FITS bytes, so both sources go through the same decoding."""
+
+    root: str
+    planes: tuple[str, ...] = ("image",)
+    _patches: dict[str, list[_Patch]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for path in sorted(Path(self.root).glob("deepCoadd-results/*/*/*/*.fits")):
+            with fits.open(path, memmap=True) as hdul:
+                hdu = hdul[1] if len(hdul) > 1 else hdul[0]
+                shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
+                self._patches.setdefault(path.parts[-4], []).append(
+                    _Patch(path, path.parts[-4], WCS(hdu.header), shape)
+                )
+        if not self._patches:
+            raise FileNotFoundError(f"no coadd patch files under {self.root}/deepCoadd-results/")
+
+    def _best_patch(self, filter_name: str, ra: float, dec: float) -> tuple[_Patch, float, float] | None:
+        best, best_margin = None, -np.inf
+        for patch in self._patches.get(filter_name, []):
+            x, y = patch.wcs.world_to_pixel_values(ra, dec)
+            margin = min(x + 0.5, y + 0.5, patch.shape[1] - 0.5 - x, patch.shape[0] - 0.5 - y)
+            if margin > 0 and margin > best_margin:
+                best, best_margin = (patch, float(x), float(y)), margin
+        return best
+
+    def cutout_bytes(self, filter_name: str, ra: float, dec: float, half_width: float) -> bytes | None:
+        """The FITS cutout of one band, or None without coverage."""
+        found = self._best_patch(filter_name, ra, dec)
+        if found is None:
+            return None
+        patch, x, y = found
+        side = 2 * int(half_width / PIXEL_SCALE + 1e-6) + 1
+        hdus = [fits.PrimaryHDU()]
+        hdus[0].header["FILTER"] = filter_name
+        with fits.open(patch.path, memmap=True) as hdul:
+            for hdu in hdul[1:] if len(hdul) > 1 else hdul:
+                kind = str(hdu.header.get("EXTTYPE", "IMAGE")).upper()
+                if kind.lower() not in self.planes:
+                    continue
+                cut = Cutout2D(hdu.data, (np.floor(x + 0.5), np.floor(y + 0.5)), side, wcs=patch.wcs, mode="trim")
+                header = cut.wcs.to_header()
+                header["EXTTYPE"] = kind
+                hdus.append(fits.ImageHDU(np.asarray(cut.data), header=header))
+        buf = io.BytesIO()
+        fits.HDUList(hdus).writeto(buf)
+        return buf.getvalue()
+
+    def fetch_galaxies(
+        self, targets: Iterable[Target], bands: Sequence[str] = BANDS, half_width: float = PAPER_HALF_WIDTH
+    ) -> list[GalaxyCutouts]:
+        """Every band of every target, like CutoutClient.fetch_galaxies (with the R2/I2 fallback)."""
+        out = []
+        for t in targets:
+            g = GalaxyCutouts(t.object_id, t.ra, t.dec)
+            for band in bands:
+                for filt in (FILTERS[band], FALLBACK_FILTERS.get(FILTERS[band])):
+                    data = self.cutout_bytes(filt, t.ra, t.dec, half_width) if filt else None
+                    if data is not None:
+                        g.cutouts[band], g.filters[band] = data, filt
+                        break
+                else:
+                    g.missing.append(band)
+            out.append(g)
+        return out
+
+

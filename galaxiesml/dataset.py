@@ -1,0 +1,85 @@
+"""The released dataset's rows: every catalog and morphology column plus the image cubes, as Arrow.
+
+Images are nested fixed-size lists (5 x 127 x 127 and the central 5 x 64 x 64 crop, float32, bands
+g, r, i, z, y), so pyarrow, pandas, DuckDB, Hugging Face `datasets` and Spark load them without
+custom code; `image_flags` (uint8, same shape as `image`) marks padded (1) and non-finite (2)
+pixels. Parquet shards live under <output>/galaxies/<split>/part-*.parquet.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from galaxiesml.cutouts import CROP, SIZE, central_crop
+from galaxiesml.morphology import BAND_COLUMNS, COLUMN_DTYPES, morphology_columns
+from galaxiesml.schema import BANDS, CATALOG_FIELDS, PROVENANCE_FIELDS
+
+GALAXIES_DIR = "galaxies"
+
+
+def cube_type(value_type: pa.DataType, size: int, bands: int = len(BANDS)) -> pa.DataType:
+    """(bands, size, size) as nested fixed-size lists."""
+    return pa.list_(pa.list_(pa.list_(value_type, size), size), bands)
+
+
+def morphology_fields(bands: Sequence[str] = BANDS) -> list[pa.Field]:
+    types = {np.float64: pa.float64(), np.bool_: pa.bool_()}
+    return [pa.field(f"{b}_{c}", types[COLUMN_DTYPES[c]]) for b in bands for c in BAND_COLUMNS]
+
+
+GALAXY_SCHEMA = pa.schema(
+    [
+        *CATALOG_FIELDS,
+        *PROVENANCE_FIELDS,
+        pa.field("split", pa.string()),
+        pa.field("filters", pa.list_(pa.string(), len(BANDS))),
+        *morphology_fields(),
+        pa.field("image", cube_type(pa.float32(), SIZE)),
+        pa.field("image_64", cube_type(pa.float32(), CROP)),
+        pa.field("image_flags", cube_type(pa.uint8(), SIZE)),
+    ]
+)
+TABULAR_COLUMNS: tuple[str, ...] = tuple(
+    f.name for f in GALAXY_SCHEMA if f.name not in ("image", "image_64", "image_flags")
+)
+
+
+def cube_array(cubes: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """(N, B, S, S) numpy -> Arrow nested fixed-size lists, without copying the pixels twice."""
+    n, b, s, _ = cubes.shape
+    flat = pa.array(np.ascontiguousarray(cubes, dtype=value_type.to_pandas_dtype()).ravel(), value_type)
+    rows = pa.FixedSizeListArray.from_arrays(flat, s)
+    planes = pa.FixedSizeListArray.from_arrays(rows, s)
+    return pa.FixedSizeListArray.from_arrays(planes, b)
+
+
+def cube_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Arrow nested fixed-size lists -> (N, B, S, S) numpy."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    b = column.type.list_size
+    s = column.type.value_type.list_size
+    flat = column.flatten().flatten().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), b, s, s)
+
+
+def records_to_table(records: Sequence[dict]) -> pa.Table:
+    """Galaxy records ({"row", "image", "flags", "filters", "morphology"}) -> GALAXY_SCHEMA."""
+    names = [f.name for f in GALAXY_SCHEMA]
+    columns: dict[str, list] = {name: [] for name in TABULAR_COLUMNS}
+    for r in records:
+        values = {**r["row"], **r.get("morphology", {}), "filters": list(r["filters"])}
+        for name in TABULAR_COLUMNS:
+            columns[name].append(values.get(name))
+    images = np.stack([r["image"] for r in records]) if records else np.zeros((0, len(BANDS), SIZE, SIZE), np.float32)
+    flags = np.stack([r["flags"] for r in records]) if records else np.zeros((0, len(BANDS), SIZE, SIZE), np.uint8)
+    arrays = [pa.array(columns[f.name], f.type) for f in GALAXY_SCHEMA if f.name in columns]
+    arrays += [
+        cube_array(images, pa.float32()),
+        cube_array(central_crop(images), pa.float32()),
+        cube_array(flags, pa.uint8()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=pa.schema([GALAXY_SCHEMA.field(n) for n in names]))
+

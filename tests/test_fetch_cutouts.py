@@ -1,0 +1,249 @@
+"""The cutout stage: decoding and centring on their own, then FetchCutouts in a TestPipeline against
+the das_cutout stand-in on loopback (faults, coverage, cache) and the local-patch source."""
+from __future__ import annotations
+
+import io
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from galaxiesml.cutouts import (
+    CENTRE,
+    NONFINITE,
+    PADDED,
+    SIZE,
+    CutoutError,
+    LocalPatchSource,
+    central_crop,
+    decode_band,
+    galaxy_image,
+    pack_cutouts,
+    place_on_grid,
+    unpack_cutouts,
+)
+from galaxiesml.hsc.credentials import Credentials
+from galaxiesml.hsc.cutout_client import GalaxyCutouts, Target
+from galaxiesml.schema import BANDS
+from galaxiesml.sky import make_sky
+from galaxiesml.synthetic_catalog import Region
+from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService
+from galaxiesml.standins.faults import Faults
+from transforms.fetch_cutouts import FAILED, CutoutConfig, FetchCutouts, request_batches
+
+PASSWORD = "pw-Fetch-7731"
+CREDS = Credentials("bob", PASSWORD)
+HALF = 2.0  # arcsec: 23 px stamps (padded to 127) keep rendering cheap
+
+
+def fits_cutout(data: np.ndarray, crval_pix: tuple[float, float], ra=150.0, dec=2.0) -> bytes:
+    """A cutout FITS file like the service's: empty primary HDU, big-endian image in HDU1 whose
+    WCS puts (ra, dec) at zero-based pixel `crval_pix`."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [ra, dec]
+    w.wcs.crpix = [crval_pix[0] + 1, crval_pix[1] + 1]
+    w.wcs.cdelt = [-0.168 / 3600, 0.168 / 3600]
+    hdu = fits.ImageHDU(data.astype(">f4"), header=w.to_header())
+    hdu.header["EXTTYPE"] = "IMAGE"
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+    return buf.getvalue()
+
+
+def test_off_centre_galaxy_comes_out_centred_to_the_pixel():
+    data = np.zeros((119, 119), np.float32)
+    data[40, 70] = 5.0  # the galaxy's pixel, off the cutout's centre
+    out = decode_band(fits_cutout(data, (70.2, 39.8)), 150.0, 2.0)
+    assert out["image"].dtype == np.float32 and out["image"].dtype.byteorder in "=|<"
+    assert out["image"][CENTRE, CENTRE] == 5.0
+    assert out["image"].shape == (SIZE, SIZE)
+    # 119 px placed on 127: the grid rows the cutout did not reach are padded
+    assert out["flags"][CENTRE, CENTRE] == 0
+    assert out["flags"][0, CENTRE] == PADDED and out["image"][0, CENTRE] == 0
+
+
+def test_galaxy_at_a_patch_edge_is_padded_and_flagged():
+    data = np.arange(127 * 60, dtype=np.float32).reshape(60, 127) + 1  # cut short: 60 rows
+    out = decode_band(fits_cutout(data, (63, 2)), 150.0, 2.0)  # galaxy 2 rows above the edge
+    assert out["image"][CENTRE, CENTRE] == data[2, 63]
+    padded = out["flags"] & PADDED > 0
+    rows = slice(CENTRE - 2, CENTRE - 2 + 60)  # the 60 rows the cutout has
+    assert not padded[rows].any()
+    assert padded[: CENTRE - 2].all() and padded[CENTRE - 2 + 60 :].all()
+    assert (out["image"][padded] == 0).all()
+    nan = data.copy()
+    nan[2, 63] = np.nan
+    out = decode_band(fits_cutout(nan, (63, 2)), 150.0, 2.0)
+    assert out["flags"][CENTRE, CENTRE] == NONFINITE and out["image"][CENTRE, CENTRE] == 0
+
+
+def test_bad_cutouts_raise_with_a_reason():
+    with pytest.raises(CutoutError) as e:
+        decode_band(b"SIMPLE  = garbage", 150.0, 2.0)
+    assert e.value.reason == "corrupt_fits"
+    with pytest.raises(CutoutError) as e:
+        decode_band(fits_cutout(np.zeros((200, 200)), (100, 100)), 150.0, 2.0)
+    assert e.value.reason == "wrong_size"
+    with pytest.raises(CutoutError) as e:
+        decode_band(fits_cutout(np.zeros((20, 20)), (100, 100)), 150.0, 2.0)
+    assert e.value.reason == "off_cutout"
+
+
+def test_bands_stack_in_order_and_missing_bands_name_themselves():
+    g = GalaxyCutouts(1, 150.0, 2.0)
+    for k, band in enumerate(reversed(BANDS)):  # arrive in any order
+        g.cutouts[band] = fits_cutout(np.full((30, 30), float(BANDS.index(band))), (15, 15))
+        g.filters[band] = f"HSC-{band.upper()}"
+    img = galaxy_image(g)
+    assert img.image.shape == (5, SIZE, SIZE)
+    assert [img.image[i, CENTRE, CENTRE] for i in range(5)] == [0, 1, 2, 3, 4]
+    assert img.filters == ("HSC-G", "HSC-R", "HSC-I", "HSC-Z", "HSC-Y")
+    crop = central_crop(img.image)
+    assert crop.shape == (5, 64, 64) and crop[2, 32, 32] == 2
+    back = unpack_cutouts(pack_cutouts(g), Target(1, 150.0, 2.0))
+    assert back.cutouts == g.cutouts and back.filters == g.filters
+    del g.cutouts["z"]
+    g.missing.append("z")
+    with pytest.raises(CutoutError, match="no z coverage"):
+        galaxy_image(g)
+
+
+def test_request_batches_stay_under_the_row_limit():
+    table = pa.table({"object_id": list(range(450))})
+    sizes = [len(b) for b in request_batches(table)]
+    assert sizes == [198, 198, 54] and 5 * max(sizes) <= 990
+
+
+# --------------------------------------------------------------------------- the stage
+
+@pytest.fixture(scope="module")
+def sky():
+    return make_sky(300, seed=21, patch_px=600, empty_share=0.15, band_gap_share=0.05)
+
+
+@pytest.fixture(scope="module")
+def kept(sky):
+    """The sky's galaxies as kept catalog rows (one per galaxy)."""
+    truth = sky[0].truth.filter(pa.compute.equal(sky[0].truth.column("kind"), "galaxy"))
+    n = truth.num_rows
+    return pa.table(
+        {
+            "object_id": truth.column("object_id"),
+            "ra": truth.column("ra"),
+            "dec": truth.column("dec"),
+            "specz_name": pa.array([f"s{i}" for i in range(n)]),
+            "source": pa.array(["cat.csv"] * n),
+            "line": pa.array(range(2, n + 2), pa.int64()),
+            "split": pa.array(["training"] * n),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def render_cache(tmp_path_factory):
+    return CutoutCache(tmp_path_factory.mktemp("rendered"))
+
+
+_COLLECTED: dict[str, list] = {}
+
+
+def _collect(value, key: str) -> None:
+    """Keep a pipeline output in this process (FnApiRunner runs the DoFns in-process)."""
+    _COLLECTED.setdefault(key, []).append(value)
+
+
+def run_stage(kept: pa.Table, config: CutoutConfig, options) -> tuple[dict, list]:
+    _COLLECTED.clear()
+    with TestPipeline(options=options) as p:
+        out = p | beam.Create([kept]) | FetchCutouts(config)
+        galaxies = out.galaxies | "g" >> beam.Map(lambda r: (r["row"]["object_id"], r["image"], r["flags"]))
+        galaxies | "collect g" >> beam.Map(_collect, "g")
+        out[FAILED] | "collect f" >> beam.Map(_collect, "f")
+    return {oid: (img, flags) for oid, img, flags in _COLLECTED.get("g", [])}, _COLLECTED.get("f", [])
+
+
+def covered_ids(sky, kept) -> set[int]:
+    """Galaxies the sky has data for in every band (r and i may come from R2 / I2)."""
+    out = set()
+    for oid, ra, dec in zip(*(kept.column(c).to_pylist() for c in ("object_id", "ra", "dec"))):
+        ok = True
+        for band in BANDS:
+            filters = [f"HSC-{band.upper()}"] + ([f"HSC-{band.upper()}2"] if band in "ri" else [])
+            if all(sky[0].cutout_box(f, ra, dec, HALF) is None for f in filters):
+                ok = False
+        if ok:
+            out.add(oid)
+    return out
+
+
+def test_stage_retrieves_every_covered_galaxy_through_faults_then_uses_the_cache(
+    sky, kept, render_cache, tmp_path, monkeypatch, fnapi_options
+):
+    monkeypatch.setenv("HSC_SSP_CAS_USER", CREDS.user)
+    monkeypatch.setenv("HSC_SSP_CAS_PASSWORD", PASSWORD)
+    faults = Faults.spread(0.2, seed=5, slow_seconds=0.05)
+    service = CutoutService(sky[0], CREDS, faults, cache=render_cache)
+    with CutoutServer(service) as srv:
+        config = CutoutConfig(
+            url=srv.url, half_width=HALF, cache=str(tmp_path / "cache"), backoff_s=0.001, max_retries=12,
+            galaxies_per_request=10,
+        )
+        galaxies, failed = run_stage(kept, config, fnapi_options)
+        first_requests = service.stats["requests"]
+        assert sum(service.faults.counts.values()) > 0  # faults really happened
+        covered = covered_ids(sky, kept)
+        assert 0 < len(covered) < kept.num_rows  # the sky has gaps
+        assert set(galaxies) == covered
+        assert {f["object_id"] for f in failed} == set(kept.column("object_id").to_pylist()) - covered
+        assert {f["reason"] for f in failed} == {"no_coverage"}
+        assert all(f["stage"] == "cutout" and f["line"] >= 2 for f in failed)
+        for img, flags in galaxies.values():
+            assert img.shape == (5, SIZE, SIZE) and img.dtype == np.float32
+            assert (flags[:, CENTRE, CENTRE] == 0).all()  # the galaxy's own pixel is real data
+
+        again, failed_again = run_stage(kept, config, fnapi_options)
+        # a galaxy the cache holds needs no request; only the uncovered ones are asked again
+        assert set(again) == covered
+        assert all(np.array_equal(again[k][0], galaxies[k][0]) for k in covered)
+        uncovered_requests = service.stats["requests"] - first_requests
+        only_cached = kept.filter(pa.compute.is_in(kept.column("object_id"), pa.array(sorted(covered))))
+        before = service.stats["requests"]
+        run_stage(only_cached, config, fnapi_options)
+        assert service.stats["requests"] == before  # no HTTP request at all
+        assert uncovered_requests >= 1
+
+
+def test_local_patch_source_gives_the_service_pixels(sky, kept, render_cache, tmp_path, monkeypatch, fnapi_options):
+    monkeypatch.setenv("HSC_SSP_CAS_USER", CREDS.user)
+    monkeypatch.setenv("HSC_SSP_CAS_PASSWORD", PASSWORD)
+    layout = sky[0].layout
+    # galaxies well inside one patch (synthetic patches do not overlap, real ones do by 100 px)
+    x, y = layout.to_pixel(kept.column("ra").to_numpy(), kept.column("dec").to_numpy())
+    p = layout.patch_px
+    inside = ((x % p) > 20) & ((x % p) < p - 20) & ((y % p) > 20) & ((y % p) < p - 20)
+    patch_of = (x // p).astype(int) * 1000 + (y // p).astype(int)
+    first = int(np.flatnonzero(inside)[0])
+    chosen = inside & (patch_of == patch_of[first])
+    some = kept.filter(pa.array(chosen)).slice(0, 8)
+    ra, dec = some.column("ra").to_numpy(), some.column("dec").to_numpy()
+    region = Region(ra.min() - 1e-4, ra.max() + 1e-4, dec.min() - 1e-4, dec.max() + 1e-4)
+    written = sky[0].write_patches(tmp_path / "patches", region)
+    assert written  # one patch (in each band that has data there)
+
+    local, local_failed = run_stage(
+        some, CutoutConfig(source="local", patch_root=str(tmp_path / "patches"), half_width=HALF), fnapi_options
+    )
+    with CutoutServer(CutoutService(sky[0], CREDS, cache=render_cache)) as srv:
+        served, _ = run_stage(some, CutoutConfig(url=srv.url, half_width=HALF), fnapi_options)
+    assert set(local) == set(served) and len(local) >= 1
+    for oid in served:
+        (a, fa), (b, fb) = local[oid], served[oid]
+        assert np.array_equal(fa, fb)
+        # the stand-in renders a patch and a cutout as separate GalSim draws: equal to float32 rounding
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max())
+        assert np.array_equal(a == 0, b == 0)

@@ -1,0 +1,212 @@
+"""Stage 6 (paper section 3.3): each kept galaxy's 5-band cutout, fetched, decoded and stacked.
+
+Kept rows are cut into request batches of at most 198 galaxies (5 bands x 198 < 990 rows), which a
+Reshuffle spreads over workers. Each worker fetches with a small thread pool (its HTTP clients made
+in setup() and closed in teardown()) under a per-process cap on concurrent streams, since the HSC
+service answers 503 beyond 2 per account. A cache on any Beam filesystem keeps every fetched
+galaxy, so a rerun, or a run after a crash, fetches nothing it already has.
+
+Outputs: one record per galaxy ({"row": catalog columns, "image", "flags", ...}) and "failed"
+records naming the galaxy's row, the stage and the reason.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindows
+
+from galaxiesml.cutouts import (
+    PAPER_HALF_WIDTH,
+    CutoutError,
+    LocalPatchSource,
+    cache_key,
+    cache_name,
+    galaxy_image,
+    pack_cutouts,
+    unpack_cutouts,
+)
+from galaxiesml.hsc.cutout_client import PDR2_CUTOUT_URL, CutoutClient, GalaxyCutouts, Target
+from galaxiesml.hsc.credentials import Credentials
+from galaxiesml.schema import BANDS
+from transforms.metrics import increment
+
+FAILED = "failed"
+GALAXIES_PER_REQUEST = 990 // len(BANDS)  # 198
+
+_streams_lock = threading.Lock()
+_streams: dict[int, threading.BoundedSemaphore] = {}
+
+
+def _stream_cap(n: int) -> threading.BoundedSemaphore:
+    """One semaphore per process and cap, shared by every DoFn instance in the process."""
+    with _streams_lock:
+        return _streams.setdefault(n, threading.BoundedSemaphore(n))
+
+
+@dataclass(frozen=True)
+class CutoutConfig:
+    """Where cutouts come from and how they are kept."""
+
+    source: str = "service"  # "service" (das_cutout or a stand-in at url) or "local" (patch files)
+    url: str = PDR2_CUTOUT_URL
+    patch_root: str = ""
+    half_width: float = PAPER_HALF_WIDTH
+    planes: tuple[str, ...] = ("image",)
+    cache: str = ""  # "" for no cache
+    max_streams: int = 2
+    galaxies_per_request: int = GALAXIES_PER_REQUEST
+    max_retries: int = 6
+    backoff_s: float = 2.0
+
+
+def failed_record(row: dict, stage: str, reason: str, detail: str) -> dict:
+    """A galaxy that could not be completed: its catalog identity, the stage and why."""
+    return {
+        "source": row["source"],
+        "line": row["line"],
+        "object_id": row["object_id"],
+        "specz_name": row["specz_name"],
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+    }
+
+
+def request_batches(table: pa.Table, size: int = GALAXIES_PER_REQUEST) -> Iterator[list[dict]]:
+    """Kept rows as lists of at most `size` row dicts: one cutout request each."""
+    rows = table.to_pylist()
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+class _FetchBatch(beam.DoFn):
+    def __init__(self, config: CutoutConfig):
+        self.config = config
+
+    def setup(self):
+        self._local = threading.local()
+        self._clients: list[CutoutClient] = []
+        self._clients_lock = threading.Lock()
+        self._patches = LocalPatchSource(self.config.patch_root, self.config.planes) if self.config.source == "local" else None
+        self._credentials = Credentials.from_env() if self.config.source == "service" else None
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.config.max_streams, thread_name_prefix="cutouts")
+        self._cap = _stream_cap(self.config.max_streams)
+        self._cache_dir = (
+            FileSystems.join(self.config.cache, cache_key(self.config.half_width, self.config.planes))
+            if self.config.cache
+            else ""
+        )
+
+    def teardown(self):
+        self._pool.shutdown(wait=True)
+        for client in self._clients:
+            client.close()
+
+    def start_bundle(self):
+        self._pending: list[concurrent.futures.Future] = []
+
+    def _client(self) -> CutoutClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = CutoutClient(
+                self._credentials,
+                url=self.config.url,
+                planes=self.config.planes,
+                rows_per_request=self.config.galaxies_per_request * len(BANDS),
+                max_retries=self.config.max_retries,
+                backoff_s=self.config.backoff_s,
+            )
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _fetch(self, targets: list[Target]) -> tuple[list[GalaxyCutouts], int]:
+        if self._patches is not None:
+            return self._patches.fetch_galaxies(targets, half_width=self.config.half_width), 0
+        client = self._client()
+        before = client.stats["retries"]
+        with self._cap:
+            got = list(client.fetch_galaxies(targets, half_width=self.config.half_width))
+        return got, client.stats["retries"] - before
+
+    def _work(self, rows: list[dict]) -> list:
+        """Cache, fetch, decode one request batch; returns outputs (tagged where failed)."""
+        targets = {r["object_id"]: Target(r["object_id"], r["ra"], r["dec"]) for r in rows}
+        cutouts: dict[int, GalaxyCutouts] = {}
+        if self._cache_dir:
+            for oid, target in targets.items():
+                path = FileSystems.join(self._cache_dir, cache_name(oid))
+                if FileSystems.exists(path):
+                    with FileSystems.open(path) as f:
+                        try:
+                            cutouts[oid] = unpack_cutouts(f.read(), target)
+                        except CutoutError:
+                            pass  # a damaged entry is fetched again
+        to_fetch = [t for oid, t in targets.items() if oid not in cutouts]
+        fetched, retries = self._fetch(to_fetch) if to_fetch else ([], 0)
+        for g in fetched:
+            cutouts[g.object_id] = g
+            if self._cache_dir and g.complete:
+                with FileSystems.create(FileSystems.join(self._cache_dir, cache_name(g.object_id))) as f:
+                    f.write(pack_cutouts(g))
+        counts = {"cutouts.cached": len(rows) - len(to_fetch), "cutouts.fetched": len(to_fetch), "cutouts.retried": retries}
+        out = []
+        for row in rows:
+            try:
+                img = galaxy_image(cutouts[row["object_id"]])
+            except CutoutError as exc:
+                counts[f"failed.cutout.{exc.reason}"] = counts.get(f"failed.cutout.{exc.reason}", 0) + 1
+                out.append(beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", exc.reason, exc.detail)))
+                continue
+            record = {"row": row, "image": img.image, "flags": img.flags, "filters": img.filters}
+            if img.hsc_mask is not None:
+                record["hsc_mask"] = img.hsc_mask
+            if img.variance is not None:
+                record["variance"] = img.variance
+            out.append(record)
+        increment(counts)
+        return out
+
+    def process(self, rows: list[dict]):
+        self._pending.append(self._pool.submit(self._work, rows))
+        # keep a few requests in flight, not the whole bundle's images in memory
+        while len(self._pending) > 2 * self.config.max_streams:
+            yield from self._pending.pop(0).result()
+        done = [f for f in self._pending if f.done()]
+        for future in done:
+            self._pending.remove(future)
+            yield from future.result()
+
+    def finish_bundle(self):
+        for future in concurrent.futures.as_completed(self._pending):
+            for out in future.result():
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+                else:
+                    yield GlobalWindows.windowed_value(out)
+        self._pending = []
+
+
+class FetchCutouts(beam.PTransform):
+    """Kept rows (tables) -> {"galaxies": one record per galaxy with its image, "failed"}."""
+
+    def __init__(self, config: CutoutConfig):
+        super().__init__()
+        if not 1 <= config.galaxies_per_request <= GALAXIES_PER_REQUEST:
+            raise ValueError(f"galaxies per request must be 1..{GALAXIES_PER_REQUEST} (5 bands x 198 < 990 rows)")
+        self.config = config
+
+    def expand(self, kept):
+        return (
+            kept
+            | "Request batches" >> beam.FlatMap(request_batches, self.config.galaxies_per_request)
+            | "Spread requests" >> beam.Reshuffle()
+            | "Fetch and stack" >> beam.ParDo(_FetchBatch(self.config)).with_outputs(FAILED, main="galaxies")
+        )
