@@ -8,8 +8,9 @@ import secrets
 from pathlib import Path
 
 from galaxiesml.sky import make_sky, write_sky
-from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService
 from galaxiesml.hsc.credentials import Credentials
+from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService
+from galaxiesml.standins.faults import Faults
 
 DEMO_USER = "demo"
 
@@ -20,6 +21,9 @@ def demo(argv: list[str], run) -> dict:
     parser.add_argument("--galaxies", type=int, default=1000, help="unique galaxies in the synthetic sky")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="out/demo")
+    parser.add_argument(
+        "--fault_rate", type=float, default=0.0, help="share of cutout requests the stand-in fails or corrupts"
+    )
     args, pipeline_args = parser.parse_known_args(argv)
     out = Path(args.output)
     sky, rows = make_sky(args.galaxies, args.seed)
@@ -27,12 +31,13 @@ def demo(argv: list[str], run) -> dict:
     print(f"demo: a synthetic sky of {args.galaxies:,} galaxies, catalog of {rows.num_rows:,} rows in {paths['catalog']}")
     # a fresh account for the stand-in, handed to the job through the environment only
     credentials = Credentials(DEMO_USER, secrets.token_urlsafe(12))
-    service = CutoutService(sky, credentials, cache=CutoutCache(out / "input" / "rendered"))
+    faults = Faults.spread(args.fault_rate, seed=args.seed, slow_seconds=0.2)
+    service = CutoutService(sky, credentials, faults, cache=CutoutCache(out / "input" / "rendered"))
     saved = {k: os.environ.get(k) for k in ("HSC_SSP_CAS_USER", "HSC_SSP_CAS_PASSWORD")}
     os.environ["HSC_SSP_CAS_USER"], os.environ["HSC_SSP_CAS_PASSWORD"] = credentials.user, credentials.password
     try:
         with CutoutServer(service) as server:
-            print(f"demo: das_cutout stand-in at {server.url}")
+            print(f"demo: das_cutout stand-in at {server.url}" + (f" failing {args.fault_rate:.0%} of requests" if args.fault_rate else ""))
             return run(
                 [
                     "--catalog", str(paths["catalog"]),

@@ -71,3 +71,30 @@ def test_summary_records_how_it_was_made(built):
     run_info = json.loads((out / "summary.json").read_text())["run"]
     assert run_info["cutout_source"] == "service" and run_info["sersic_fit"] is True
     assert run_info["cutouts"]["half_width"] == 10.0
+
+
+def galaxies_of(out: Path) -> dict:
+    """object_id -> (split, image, morphology values) of a built dataset."""
+    table = pq.read_table(sorted(out.glob("galaxies/*/part-*.parquet")))
+    images = cube_numpy(table.column("image"))
+    morph = table.select(list(MORPHOLOGY_COLUMNS)).to_pandas().to_numpy(dtype=float)
+    return {
+        oid: (split, images[k], morph[k])
+        for k, (oid, split) in enumerate(zip(table.column("object_id").to_pylist(), table.column("split").to_pylist()))
+    }
+
+
+def test_a_fault_injected_build_gives_the_same_dataset(built, tmp_path):
+    out, summary = built
+    faulty = demo_module.demo(
+        ["--galaxies", "60", "--seed", "3", "--output", str(tmp_path), "--runner=FnApiRunner", "--fault_rate", "0.2",
+         "--galaxies_per_request", "4"],
+        run,
+    )
+    assert faulty["funnel"] == summary["funnel"]
+    a, b = galaxies_of(out), galaxies_of(tmp_path)
+    assert a.keys() == b.keys()
+    for oid in a:
+        assert a[oid][0] == b[oid][0]
+        assert np.array_equal(a[oid][1], b[oid][1])
+        np.testing.assert_array_equal(a[oid][2], b[oid][2])
