@@ -1,21 +1,30 @@
 """Command line: `python -m pipeline [run] --catalog ... --output ...` builds the dataset;
-`python -m pipeline demo` runs it on a generated catalog; `generate-catalog` writes one."""
+`python -m pipeline demo` runs it offline on a synthetic sky; `generate-catalog` writes a catalog.
+
+Mistakes a user can fix are one line each, saying what to do (`--verbose` adds the traceback)."""
 from __future__ import annotations
 
 import json
 import logging
 import sys
-from pathlib import Path
+import traceback
+import zlib
 
 import apache_beam as beam
+import requests
 from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import CatalogError, catalog_columns, check_columns
-from pipeline.build import build
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
+from pipeline.build import build, run_info
 from pipeline.options import GalaxiesMLOptions, cutout_config, expand_preset, parse_fractions, sample_cuts
+from pipeline.progress import Progress
 from transforms.read_catalog import open_catalog
+
+BUILD_FILE = "build.json"
+#: What makes two builds the same build (a rerun into the same output resumes it).
+IDENTITY = ("catalog", "preset", "split_seed", "split_fractions", "extra_cuts", "mini_size", "mini_seed", "cutout_source", "cutouts", "psf", "sersic_fit")
 
 USAGE = """usage: python -m pipeline [run] --catalog PATTERN --output DIR [Beam flags...]
        python -m pipeline demo [--galaxies N] [--seed S] [--output DIR] [options, Beam flags...]
@@ -28,12 +37,49 @@ class UserError(Exception):
     """A mistake the user can fix; printed as one line without a traceback."""
 
 
+def _check_gcs(*paths: str) -> None:
+    if any(p.startswith("gs://") for p in paths):
+        try:
+            import apache_beam.io.gcp.gcsfilesystem  # noqa: F401
+            import google.cloud.storage  # noqa: F401
+        except ImportError:
+            raise UserError("gs:// paths need the GCP extra: pip install -e '.[gcp]'")
+
+
+def _check_service(url: str) -> None:
+    try:
+        requests.get(url, timeout=10)
+    except requests.RequestException as exc:
+        raise UserError(
+            f"cannot reach the HSC cutout service at {url} ({type(exc).__name__}): check the network, "
+            "or --hsc_url, or use --cutout_source local or none"
+        )
+
+
+def _check_output(opts: GalaxiesMLOptions) -> None:
+    """Refuse an output directory that holds another build; record this build's identity there."""
+    info = run_info(opts)
+    path = FileSystems.join(opts.output, BUILD_FILE)
+    if FileSystems.exists(path) and not opts.overwrite:
+        with FileSystems.open(path) as f:
+            other = json.load(f)
+        differs = [k for k in IDENTITY if other.get(k) != info.get(k)]
+        if differs:
+            raise UserError(
+                f"{opts.output} holds another build (it differs in {', '.join(differs)}): choose another "
+                "--output, or pass --overwrite to replace it"
+            )
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(info, indent=2, sort_keys=True).encode())
+
+
 def preflight(opts: GalaxiesMLOptions) -> list[str]:
     """Check what can be checked before a job starts; returns the matched catalog files."""
     if not opts.catalog:
         raise UserError("--catalog is required: a catalog file or glob (CSV, CSV.gz, FITS, Parquet)")
     if not opts.output:
         raise UserError("--output is required: the directory the dataset is written to")
+    _check_gcs(opts.catalog, opts.output, opts.cutout_cache or "")
     try:
         parse_fractions(opts.split_fractions)
         extra = sample_cuts(opts)
@@ -41,13 +87,6 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
             cutout_config(opts)
     except ValueError as exc:
         raise UserError(str(exc))
-    if opts.cutout_source == "service":
-        try:
-            Credentials.from_env()
-        except HscAuthError as exc:
-            raise UserError(f"{exc} (or choose --cutout_source local or none)")
-    if opts.cutout_source == "local" and not FileSystems.exists(opts.patch_root or "/nonexistent"):
-        raise UserError(f"--patch_root {opts.patch_root!r} does not exist: give the folder holding deepCoadd-results/")
     matches = [m.path for r in FileSystems.match([opts.catalog]) for m in r.metadata_list]
     if not matches:
         raise UserError(f"no catalog file matches {opts.catalog!r}: check the path")
@@ -57,8 +96,17 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
                 check_columns(catalog_columns(stream, path), path, extra.require_true)
         except CatalogError as exc:
             raise UserError(str(exc))
-        except OSError as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise UserError(f"{path}: cannot be read ({exc})")
+    if opts.cutout_source == "service":
+        try:
+            Credentials.from_env()
+        except HscAuthError as exc:
+            raise UserError(f"{exc} (or choose --cutout_source local or none)")
+        _check_service(opts.hsc_url)
+    if opts.cutout_source == "local" and not FileSystems.exists(opts.patch_root or "/nonexistent"):
+        raise UserError(f"--patch_root {opts.patch_root!r} does not exist: give the folder holding deepCoadd-results/")
+    _check_output(opts)
     return sorted(matches)
 
 
@@ -67,9 +115,18 @@ def run_pipeline(opts: GalaxiesMLOptions):
     preflight(opts)
     p = beam.Pipeline(options=opts)
     build(p, opts)
-    result = p.run()
-    result.wait_until_finish()
+    with Progress(opts.progress_every) if opts.progress_every > 0 else _nothing():
+        result = p.run()
+        result.wait_until_finish()
     return result
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
 
 
 def options(argv: list[str]) -> GalaxiesMLOptions:
@@ -108,7 +165,9 @@ def print_funnel(summary: dict, output: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    verbose = "--verbose" in argv
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
     command = argv.pop(0) if argv and not argv[0].startswith("-") else "run"
     try:
         if command == "run":
@@ -125,4 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a failed job: one line, the traceback on request
+        if verbose:
+            traceback.print_exc()
+        print(f"error: the build failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+              + ("" if verbose else " (--verbose shows the traceback)"), file=sys.stderr)
+        return 1
     return 0

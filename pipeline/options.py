@@ -46,10 +46,9 @@ def expand_preset(argv: list[str]) -> tuple[list[str], str]:
 def parse_fractions(text: str) -> tuple[float, float, float]:
     """'0.6,0.2,0.2' -> (0.6, 0.2, 0.2), validated."""
     try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--split_fractions takes three numbers like 0.6,0.2,0.2, got {text!r}")
-    return check_fractions(values)  # type: ignore[arg-type]
+        return check_fractions(tuple(float(v) for v in text.split(",")))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"--split_fractions takes three fractions adding up to 1, like 0.6,0.2,0.2 ({exc})")
 
 
 def _numbers(text: str | None, flag: str, count: int) -> tuple[float, ...] | None:
@@ -129,6 +128,13 @@ class GalaxiesMLOptions(PipelineOptions):
             help="a named group of options: "
             + "; ".join(f"{name}: {text}" for name, (text, _) in PRESETS.items()),
         )
+        group.add_argument(
+            "--overwrite", action="store_true", help="replace another build found in --output"
+        )
+        group.add_argument(
+            "--progress_every", type=float, default=5.0, help="seconds between progress lines (0: none)"
+        )
+        group.add_argument("--verbose", action="store_true", help="Beam's own logs, and tracebacks on errors")
         group.add_argument(
             "--split_seed", type=int, default=0, help="seed of the train/validation/test assignment"
         )
