@@ -58,7 +58,7 @@ def _check_service(url: str) -> None:
 
 def _check_output(opts: GalaxiesMLOptions) -> None:
     """Refuse an output directory that holds another build; record this build's identity there."""
-    info = run_info(opts)
+    info = json.loads(json.dumps(run_info(opts)))  # as it reads back (tuples become lists)
     path = FileSystems.join(opts.output, BUILD_FILE)
     if FileSystems.exists(path) and not opts.overwrite:
         with FileSystems.open(path) as f:

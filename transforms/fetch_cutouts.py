@@ -136,8 +136,10 @@ class _FetchBatch(beam.DoFn):
             got = list(client.fetch_galaxies(targets, half_width=self.config.half_width))
         return got, client.stats["retries"] - before
 
-    def _work(self, rows: list[dict]) -> list:
-        """Cache, fetch, decode one request batch; returns outputs (tagged where failed)."""
+    def _work(self, rows: list[dict]) -> tuple[list, dict]:
+        """Cache, fetch, decode one request batch (in a pool thread); returns the outputs (tagged
+        where failed) and the counts, which the bundle's thread adds to the Beam counters (the
+        metrics of other threads belong to no step)."""
         targets = {r["object_id"]: Target(r["object_id"], r["ra"], r["dec"]) for r in rows}
         cutouts: dict[int, GalaxyCutouts] = {}
         if self._cache_dir:
@@ -171,6 +173,11 @@ class _FetchBatch(beam.DoFn):
             if img.variance is not None:
                 record["variance"] = img.variance
             out.append(record)
+        return out, counts
+
+    @staticmethod
+    def _outputs(future: concurrent.futures.Future) -> list:
+        out, counts = future.result()
         increment(counts)
         return out
 
@@ -178,15 +185,15 @@ class _FetchBatch(beam.DoFn):
         self._pending.append(self._pool.submit(self._work, rows))
         # keep a few requests in flight, not the whole bundle's images in memory
         while len(self._pending) > 2 * self.config.max_streams:
-            yield from self._pending.pop(0).result()
+            yield from self._outputs(self._pending.pop(0))
         done = [f for f in self._pending if f.done()]
         for future in done:
             self._pending.remove(future)
-            yield from future.result()
+            yield from self._outputs(future)
 
     def finish_bundle(self):
         for future in concurrent.futures.as_completed(self._pending):
-            for out in future.result():
+            for out in self._outputs(future):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
                 else:
