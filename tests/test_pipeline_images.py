@@ -98,3 +98,35 @@ def test_a_fault_injected_build_gives_the_same_dataset(built, tmp_path):
         assert a[oid][0] == b[oid][0]
         assert np.array_equal(a[oid][1], b[oid][1])
         np.testing.assert_array_equal(a[oid][2], b[oid][2])
+
+
+def test_no_credential_in_the_job_graph_or_the_logs(tmp_path, monkeypatch, capfd):
+    import logging
+
+    import apache_beam as beam
+
+    from pipeline.build import build
+    from pipeline.cli import options
+
+    monkeypatch.setenv("HSC_SSP_CAS_USER", "erin")
+    monkeypatch.setenv("HSC_SSP_CAS_PASSWORD", PASSWORD)
+    catalog = tmp_path / "cat.csv"
+    catalog.write_text("# object_id\n")
+    opts = options(["--catalog", str(catalog), "--output", str(tmp_path / "o"), "--hsc_url", "http://127.0.0.1:9/x"])
+    p = beam.Pipeline(options=opts)
+    build(p, opts)
+    assert PASSWORD.encode() not in p.to_runner_api().SerializeToString()
+    assert PASSWORD not in str(opts.get_all_options())
+    # a client refused by the service says so without the password, in its error and its logs
+    from galaxiesml.hsc.credentials import Credentials
+    from galaxiesml.hsc.cutout_client import CutoutClient, Target
+
+    logging.getLogger().setLevel(logging.DEBUG)
+    with CutoutClient(Credentials.from_env(), url="http://127.0.0.1:9/x", max_retries=1, backoff_s=0.001) as client:
+        try:
+            list(client.fetch_galaxies([Target(1, 150.0, 2.0)]))
+        except Exception as exc:  # noqa: BLE001 - any error will do; its text is what is checked
+            assert PASSWORD not in f"{exc!r} {exc}"
+        assert PASSWORD not in repr(client)
+    captured = capfd.readouterr()
+    assert PASSWORD not in captured.out + captured.err
