@@ -13,12 +13,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pyarrow as pa
 
 from galaxiesml.hsc.credentials import Credentials
+from galaxiesml.standins.loopback import LoopbackServer
 from galaxiesml.standins.faults import FaultPlan, Faults
 from galaxiesml.synthetic_catalog import hsc_csv_bytes
 
@@ -110,7 +111,7 @@ class CatalogService:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "catalog-standin/1.0"
-    server: "_Server"
+    server: Any  # loopback._Server: .service is the stand-in
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class name
         log.debug("%s %s", self.address_string(), format % args)
@@ -180,39 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json(404, {"error": f"unknown endpoint {endpoint!r}"})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class CatalogServer(LoopbackServer):
+    """The catalog job API stand-in (see LoopbackServer)."""
 
-    def __init__(self, address: tuple[str, int], service: CatalogService):
-        super().__init__(address, _Handler)
-        self.service = service
-
-
-class CatalogServer:
-    """The catalog job API stand-in on `host:port` (port 0 picks one), served from a thread."""
-
-    def __init__(self, service: CatalogService, host: str = "127.0.0.1", port: int = 0):
-        self.service = service
-        self._httpd = _Server((host, port), service)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="catalog-standin", daemon=True)
-
-    @property
-    def url(self) -> str:
-        """The API base URL, to pass to CatalogClient(url=...)."""
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}{CATALOG_PATH}"
-
-    def start(self) -> "CatalogServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> "CatalogServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    path = CATALOG_PATH
+    handler = _Handler

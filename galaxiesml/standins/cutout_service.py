@@ -25,13 +25,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.hsc.format import BAND_OF_FILTER, member_name
 from galaxiesml.sky import Sky
+from galaxiesml.standins.loopback import LoopbackServer
 from galaxiesml.standins.faults import FaultPlan, Faults
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,7 @@ class CutoutService:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "das_cutout-standin/1.0"
-    server: "_Server"
+    server: Any  # loopback._Server: .service is the stand-in
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class name
         log.debug("%s %s", self.address_string(), format % args)
@@ -424,45 +425,9 @@ def _list_part(content_type: str, body: bytes) -> str:
     raise ListFileError("no 'list' field")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class CutoutServer(LoopbackServer):
+    """The das_cutout stand-in (see LoopbackServer)."""
 
-    def __init__(self, address: tuple[str, int], service: CutoutService):
-        super().__init__(address, _Handler)
-        self.service = service
-
-
-class CutoutServer:
-    """The das_cutout stand-in listening on `host:port` (port 0 picks a free one), in a thread.
-    Use as a context manager, or call start() and stop()."""
-
-    def __init__(self, service: CutoutService, host: str = "127.0.0.1", port: int = 0):
-        self.service = service
-        self._httpd = _Server((host, port), service)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="das_cutout-standin", daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def url(self) -> str:
-        """The cutout endpoint, to pass to CutoutClient(url=...)."""
-        return self.base_url + CUTOUT_PATH
-
-    def start(self) -> "CutoutServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> "CutoutServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    path = CUTOUT_PATH
+    handler = _Handler
 

@@ -1,0 +1,54 @@
+"""An HTTP stand-in served from a background thread, on loopback by default."""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], service: Any):
+        super().__init__(address, handler)
+        self.service = service
+
+
+class LoopbackServer:
+    """Serves `service` through `handler` on host:port (port 0 picks a free one) at `path`.
+    Use as a context manager, or call start() and stop(). Handlers reach it as self.server.service."""
+
+    path = ""
+    handler: type[BaseHTTPRequestHandler]
+
+    def __init__(self, service: Any, host: str = "127.0.0.1", port: int = 0):
+        self.service = service
+        self._httpd = _Server((host, port), self.handler, service)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name=type(self).__name__, daemon=True
+        )
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        """The service's endpoint, to give its client."""
+        return self.base_url + self.path
+
+    def start(self) -> "LoopbackServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> "LoopbackServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
