@@ -149,12 +149,26 @@ def central_crop(cube: np.ndarray, size: int = CROP) -> np.ndarray:
 
 # --------------------------------------------------------------------------- cache
 
+MISSING_MEMBER = "missing.txt"
+
+
+def cacheable(cutouts: GalaxyCutouts) -> bool:
+    """Whether the service's answer is final: every band fetched or known to have no coverage
+    (a band that failed after retries is asked again next time)."""
+    return not cutouts.failed
+
+
 def pack_cutouts(cutouts: GalaxyCutouts) -> bytes:
-    """A galaxy's fetched cutouts as a small tar: one `<band>-<FILTER>.fits` member per band."""
+    """A galaxy's fetched cutouts as a small tar: one `<band>-<FILTER>.fits` member per band, and
+    the bands without coverage in `missing.txt`."""
     buf = io.BytesIO()
+    members = [
+        (f"{band}-{cutouts.filters.get(band, FILTERS[band])}.fits", data)
+        for band, data in sorted(cutouts.cutouts.items())
+    ] + [(MISSING_MEMBER, " ".join(cutouts.missing).encode())]
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for band, data in sorted(cutouts.cutouts.items()):
-            info = tarfile.TarInfo(f"{band}-{cutouts.filters.get(band, FILTERS[band])}.fits")
+        for name, data in members:
+            info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
@@ -166,8 +180,12 @@ def unpack_cutouts(data: bytes, target: Target) -> GalaxyCutouts:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
             for member in tar.getmembers():
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                if member.name == MISSING_MEMBER:
+                    out.missing = data.decode().split()
+                    continue
                 band, _, rest = member.name.partition("-")
-                out.cutouts[band] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                out.cutouts[band] = data
                 out.filters[band] = rest.removesuffix(".fits")
     except (tarfile.TarError, OSError, AttributeError) as exc:
         raise CutoutError("bad_cache_entry", f"unreadable cache entry ({exc})") from exc

@@ -27,6 +27,7 @@ from galaxiesml.cutouts import (
     LocalPatchSource,
     cache_key,
     cache_name,
+    cacheable,
     galaxy_image,
     pack_cutouts,
     unpack_cutouts,
@@ -155,7 +156,7 @@ class _FetchBatch(beam.DoFn):
         fetched, retries = self._fetch(to_fetch) if to_fetch else ([], 0)
         for g in fetched:
             cutouts[g.object_id] = g
-            if self._cache_dir and g.complete:
+            if self._cache_dir and cacheable(g):
                 with FileSystems.create(FileSystems.join(self._cache_dir, cache_name(g.object_id))) as f:
                     f.write(pack_cutouts(g))
         counts = {"cutouts.cached": len(rows) - len(to_fetch), "cutouts.fetched": len(to_fetch), "cutouts.retried": retries}
