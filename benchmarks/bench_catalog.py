@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the fastest is kept")
     parser.add_argument("--runner", default="DirectRunner")
     args = parser.parse_args(argv)
-    lines = []
+    lines, walls = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for rows in args.rows:
             catalog = make_catalog(rows, f"{tmp}/catalog-{rows}.csv")
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
                     if name not in best or m["wall_s"] < best[name]["wall_s"]:
                         best[name] = {**m, "peak_mb": max(m["peak_mb"], best.get(name, {}).get("peak_mb", 0))}
             b, p = best["beam"], best["pandas"]
+            walls[rows] = (b["wall_s"], p["wall_s"])
             lines.append(
                 f"| {rows:,} | {rows / b['wall_s']:,.0f} | {b['wall_s']:.2f} | {p['wall_s']:.2f} | "
                 f"{b['wall_s'] / p['wall_s']:.2f}x | {b['peak_mb']:.0f} | {p['peak_mb']:.0f} |"
@@ -67,6 +68,15 @@ def main(argv: list[str] | None = None) -> None:
             "| --- | --- | --- | --- | --- | --- | --- |",
             *lines,
             "",
+            *(
+                [
+                    f"Marginal cost from {min(walls):,} to {max(walls):,} rows (Beam's fixed start-up taken out): "
+                    f"Beam {(walls[max(walls)][0] - walls[min(walls)][0]) / (walls[max(walls)][1] - walls[min(walls)][1]):.2f}x pandas.",
+                    "",
+                ]
+                if len(walls) > 1
+                else []
+            ),
             "Targets: Beam within 5x of pandas, peak under 1 GB.",
             "Command: `.venv/bin/python -m benchmarks.bench_catalog`",
         ]
