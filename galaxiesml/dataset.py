@@ -44,6 +44,11 @@ GALAXY_SCHEMA = pa.schema(
 TABULAR_COLUMNS: tuple[str, ...] = tuple(
     f.name for f in GALAXY_SCHEMA if f.name not in ("image", "image_64", "image_flags")
 )
+#: The HSC planes kept beside the image when asked for (--cutout_planes), on the same 127 grid.
+PLANE_FIELDS = {
+    "hsc_mask": pa.field("hsc_mask", cube_type(pa.int32(), SIZE)),
+    "variance": pa.field("variance", cube_type(pa.float32(), SIZE)),
+}
 
 
 def cube_array(cubes: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -66,8 +71,8 @@ def cube_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def records_to_table(records: Sequence[dict]) -> pa.Table:
-    """Galaxy records ({"row", "image", "flags", "filters", "morphology"}) -> GALAXY_SCHEMA."""
-    names = [f.name for f in GALAXY_SCHEMA]
+    """Galaxy records ({"row", "image", "flags", "filters", "morphology"}, and "hsc_mask" and
+    "variance" when those planes were kept) -> GALAXY_SCHEMA (+ PLANE_FIELDS)."""
     columns: dict[str, list] = {name: [] for name in TABULAR_COLUMNS}
     for r in records:
         values = {**r["row"], **r.get("morphology", {}), "filters": list(r["filters"])}
@@ -81,5 +86,10 @@ def records_to_table(records: Sequence[dict]) -> pa.Table:
         cube_array(central_crop(images), pa.float32()),
         cube_array(flags, pa.uint8()),
     ]
-    return pa.Table.from_arrays(arrays, schema=pa.schema([GALAXY_SCHEMA.field(n) for n in names]))
+    schema = GALAXY_SCHEMA
+    for key, plane in PLANE_FIELDS.items():
+        if records and key in records[0]:
+            arrays.append(cube_array(np.stack([r[key] for r in records]), plane.type.value_type.value_type.value_type))
+            schema = schema.append(plane)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
