@@ -21,6 +21,7 @@ setup(
         "galsim>=2.5",
         "scipy>=1.11",
         "threadpoolctl>=3.1",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pandas>=2.0"],

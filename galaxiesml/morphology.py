@@ -161,7 +161,7 @@ def _constant_background(values: np.ndarray) -> tuple[float, float]:
     return float(back), float(std)
 
 
-class _Detection:
+class Detection:
     """Background-subtracted image, global rms, sep catalogue and segmentation map of one band."""
 
     def __init__(self, image: np.ndarray) -> None:
@@ -294,7 +294,7 @@ def _ellipse_sum(img: np.ndarray, x: float, y: float, a: float, b: float, theta:
     return float(flux[0])
 
 
-def _se_measurements(det: _Detection, i: int) -> tuple[dict[str, float], np.ndarray]:
+def _se_measurements(det: Detection, i: int) -> tuple[dict[str, float], np.ndarray]:
     """The SE-defined columns of detection i, and its neighbour-corrected image."""
     o = det.objects[i]
     seg_id = i + 1
@@ -376,7 +376,7 @@ class SersicFitter:
     Free: centre (x0, y0), log r_e (circularised half-light radius), log n and the ellipticity
     (e1, e2) = e (cos 2phi, sin 2phi) with axis ratio q = (1 - e) / (1 + e). The flux
     is solved linearly at each step (variable projection, Kaufman's Jacobian); the sky is fixed
-    beforehand (_Detection.masked_sky), since fitting it too trades against n. The profile and its
+    beforehand (Detection.masked_sky), since fitting it too trades against n. The profile and its
     analytic derivatives are averaged over the pixel (supersampled near the centre, where the profile
     is steep; plain centre samples elsewhere), then convolved by FFT with the PSF. The PSF image is
     pixel-integrated (as HSC PSF images and GalSim renderings are), so its transform is divided by
@@ -518,7 +518,7 @@ class SersicFitter:
 
 
 def fit_sersic_index(
-    det: _Detection, i: int, corrected: np.ndarray, flux_auto: float, fitter: SersicFitter
+    det: Detection, i: int, corrected: np.ndarray, flux_auto: float, fitter: SersicFitter
 ) -> tuple[float, bool, bool]:
     """Sersic index of detection i: (n, at_bound, failed). On failure n is the concentration estimate."""
     o = det.objects[i]
@@ -575,7 +575,7 @@ def measure_band(image: np.ndarray, psf: np.ndarray | None, *, fit_sersic: bool 
         raise ValueError(f"a band image must be 2-D, got shape {image.shape}")
     row = _blank_row()
     try:
-        det = _Detection(image)
+        det = Detection(image)
         n_obj = len(det.objects)
         row["total_galaxies"] = float(n_obj)
         dist = det.distances()

@@ -21,6 +21,19 @@ from transforms.write_catalog import WriteCatalog, WriteSummary
 from transforms.write_galaxies import WriteGalaxies
 
 
+def versions() -> dict[str, str]:
+    """The versions of this tool and of the libraries that shape its output."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"galaxiesml-builder": __version__}
+    for package in ("apache-beam", "numpy", "pyarrow", "astropy", "sep", "scipy", "galsim"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "absent"
+    return out
+
+
 def run_info(opts: GalaxiesMLOptions) -> dict:
     """What summary.json records about how the build was made."""
     info = {
@@ -35,6 +48,7 @@ def run_info(opts: GalaxiesMLOptions) -> dict:
         "mini_size": opts.mini_size,
         "mini_seed": opts.mini_seed,
         "cutout_source": opts.cutout_source,
+        "versions": versions(),
     }
     if opts.cutout_source != "none":
         info["cutouts"] = dataclasses.asdict(cutout_config(opts))  # no credentials: they stay in the environment

@@ -16,6 +16,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import CatalogError, catalog_columns, check_columns
+from galaxiesml.datacard import main as datacard_main
+from galaxiesml.datacard import write_datacard
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from pipeline.build import build, run_info
 from pipeline.options import GalaxiesMLOptions, cutout_config, expand_preset, parse_fractions, sample_cuts
@@ -29,6 +31,7 @@ IDENTITY = ("catalog", "preset", "split_seed", "split_fractions", "extra_cuts", 
 USAGE = """usage: python -m pipeline [run] --catalog PATTERN --output DIR [Beam flags...]
        python -m pipeline demo [--galaxies N] [--seed S] [--output DIR] [options, Beam flags...]
        python -m pipeline generate-catalog --rows N --out FILE
+       python -m pipeline report OUTPUT_DIR   (the data card of a built output)
 
 `python -m pipeline run --help` lists every option, ours and Beam's."""
 
@@ -145,6 +148,11 @@ def run(argv: list[str]) -> dict:
     with FileSystems.open(FileSystems.join(opts.output, "summary.json")) as f:
         summary = json.load(f)
     print_funnel(summary, opts.output)
+    if "://" in opts.output:
+        print(f"data card: make it from a local copy with `python -m pipeline report DIR`")
+    else:
+        card = write_datacard(opts.output)
+        print(f"data card: {card['html']}")
     return summary
 
 
@@ -178,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             demo(argv, run)
         elif command == "generate-catalog":
             return synthetic_catalog.main(argv)
+        elif command == "report":
+            return datacard_main(argv)
         else:
             print(USAGE, file=sys.stderr)
             return 2
