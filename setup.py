@@ -24,8 +24,9 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pandas>=2.0"],
-        "gcp": [f"apache-beam[gcp]==2.77.0", "google-cloud-storage>=2.14"],
+        "test": ["pytest>=8", "pandas>=2.0", "google-cloud-storage>=2.14", "gcp-storage-emulator>=2024.0"],
+        "gcp": [f"{BEAM.replace('==', '[gcp]==')}", "google-cloud-storage>=2.14"],
+        "torch": ["torch>=2.1"],
     },
     entry_points={"console_scripts": ["galaxiesml=pipeline.cli:main"]},
 )

@@ -10,6 +10,8 @@ from galaxiesml.cuts import PAPER_RULES
 from galaxiesml.funnel import count_by
 from pipeline import __version__
 from pipeline.options import GalaxiesMLOptions, cutout_config, parse_fractions, sample_cuts
+from galaxiesml.hdf5 import release_attrs
+from transforms.consolidate import Consolidate
 from transforms.dedup import DUPLICATES, Deduplicate
 from transforms.fetch_cutouts import FAILED, FetchCutouts
 from transforms.measure_morphology import MeasureMorphology
@@ -101,5 +103,13 @@ def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
         counts.append(measured.galaxies | "Count kept" >> beam.Map(_galaxy_counts))
         counts.append(outputs["failed"] | "Count failed" >> beam.Map(_failed_counts))
     outputs["written"] = outputs | "WriteCatalog" >> WriteCatalog(opts.output)
-    outputs["summary"] = tuple(counts) | "WriteSummary" >> WriteSummary(opts.output, run_info(opts))
+    info = run_info(opts)
+    outputs["summary"] = tuple(counts) | "WriteSummary" >> WriteSummary(opts.output, info)
+    if "galaxy_files" in outputs:
+        funnel = outputs["summary"] | "Funnel" >> beam.Map(lambda summary: summary["funnel"])
+        outputs["released"] = (
+            outputs["galaxy_files"]
+            | "Shard names" >> beam.FlatMap(lambda split_files: split_files[1])
+            | "Consolidate" >> Consolidate(opts.output, release_attrs(info), opts.hdf5_compression or None, funnel=funnel)
+        )
     return outputs

@@ -194,6 +194,9 @@ class GalaxiesMLOptions(PipelineOptions):
         images.add_argument("--psf", default="", help="FITS cube of 5 PSF images (g..y); default a Moffat FWHM 0.7\"")
         images.add_argument("--no_sersic", action="store_true", help="skip the Sersic fit (sersic_index NaN)")
         images.add_argument(
+            "--hdf5_compression", default="", help="compression of the HDF5 images (e.g. gzip, lzf); none by default"
+        )
+        images.add_argument(
             "--galaxies_per_shard", type=int, default=DEFAULT_PER_SHARD, help="galaxies per Parquet shard (~0.5 MB each)"
         )
         cuts = parser.add_argument_group("extra cuts, on top of the paper's (each its own reason)")

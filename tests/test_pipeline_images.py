@@ -129,3 +129,20 @@ def test_no_credential_in_the_job_graph_or_the_logs(tmp_path, monkeypatch, capfd
         assert PASSWORD not in repr(client)
     captured = capfd.readouterr()
     assert PASSWORD not in captured.out + captured.err
+
+
+def test_released_hdf5_files_and_csvs_verify(built):
+    import h5py
+
+    from galaxiesml.verify import verify
+
+    out, summary = built
+    report = verify(str(out))
+    assert not report.problems, report.problems
+    names = sorted(p.name for p in (out / "hdf5").glob("*.hdf5"))
+    assert len(names) == 6 and "5x127x127_training_with_morphology.hdf5" in names
+    with h5py.File(out / "hdf5" / "5x64x64_testing_with_morphology.hdf5") as f:
+        assert f["image"].shape == (summary["funnel"]["kept_by_split"]["testing"], 5, 64, 64)
+        assert json.loads(f.attrs["funnel"]) == summary["funnel"]
+        assert json.loads(f.attrs["run"])["preset"] == "paper"
+    assert sorted(p.name for p in (out / "csv").glob("*.csv")) == ["testing.csv", "training.csv", "validation.csv"]

@@ -1,0 +1,117 @@
+"""HDF5 consolidation: throughput against the disk's own sequential write rate measured in the same
+run, and the writer's peak memory at 2,000 and 20,000 galaxies (issue 6: at least 0.7x the disk
+rate uncompressed; peak memory within 10% between the two sizes).
+
+The Parquet input (GALAXY_SCHEMA shards of random images, ~64 MB row groups as WriteToParquet
+writes them) is generated once for the largest size; smaller sizes use its first shards. Each
+consolidation runs in a fresh process (benchmarks.measure) and its time includes an fsync of the
+output, as the disk rate's does. Needs ~2.1x the largest size's pixels free under --workdir.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks.measure import ROOT, measure
+
+RESULTS = ROOT / "benchmarks" / "results" / "hdf5.md"
+SHARD_ROWS = 1000
+
+
+def consolidate_synced(paths: list[str], out: str, size: int) -> dict:
+    """consolidate() then fsync, so the time covers getting the bytes onto the disk."""
+    from galaxiesml.hdf5 import consolidate
+
+    result = consolidate(paths, out, size, attrs={"benchmark": True})
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return result
+
+
+def disk_write_rate(folder: Path, nbytes: int, block: int = 16 << 20) -> float:
+    """Sequential write of `nbytes` (random data, 16 MB writes) plus fsync, in MB/s."""
+    buf = os.urandom(block)
+    path = folder / "disk-rate.bin"
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        for _ in range(max(1, nbytes // block)):
+            f.write(buf)
+        f.flush()
+        os.fsync(f.fileno())
+    rate = max(1, nbytes // block) * block / (time.perf_counter() - start) / 1e6
+    path.unlink()
+    return rate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--galaxies", type=int, nargs="+", default=[2_000, 20_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[127, 64])
+    parser.add_argument("--workdir", default=tempfile.gettempdir())
+    args = parser.parse_args(argv)
+    import pyarrow.parquet as pq
+
+    from tests.galaxy_shards import write_shards
+
+    largest = max(args.galaxies)
+    shard_rows = min(SHARD_ROWS, *args.galaxies)
+    work = Path(tempfile.mkdtemp(prefix="bench-hdf5-", dir=args.workdir))
+    rows, memory = [], {}
+    try:
+        start = time.perf_counter()
+        shards = write_shards(work / "in", {"training": largest}, shards=-(-largest // shard_rows), seed=0)["training"]
+        print(f"input: {largest} galaxies in {len(shards)} shards, {time.perf_counter() - start:.0f} s", flush=True)
+        for n in sorted(args.galaxies):
+            paths = shards[: -(-n // shard_rows)]
+            assert sum(pq.ParquetFile(p).metadata.num_rows for p in paths) == n, "--galaxies must be multiples of the smallest"
+            for size in args.sizes:
+                out = work / f"out-{n}-{size}.hdf5"
+                m = measure("benchmarks.bench_hdf5:consolidate_synced", paths, str(out), size)
+                nbytes = m["result"]["bytes"] if isinstance(m["result"], dict) else out.stat().st_size
+                out.unlink()
+                disk = disk_write_rate(work, nbytes)
+                rate = nbytes / m["wall_s"] / 1e6
+                memory[(n, size)] = m["peak_mb"]
+                rows.append((n, size, nbytes / 1e9, m["wall_s"], rate, disk, rate / disk, m["peak_mb"]))
+                print(f"{n:>6} x {size}: {nbytes / 1e9:.2f} GB {m['wall_s']:.1f} s {rate:.0f} MB/s, disk {disk:.0f} MB/s, "
+                      f"{rate / disk:.2f}x, peak {m['peak_mb']:.0f} MB", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    small, big = min(args.galaxies), max(args.galaxies)
+    growth = [f"{size}: {memory[(big, size)] / memory[(small, size)] - 1:+.1%}" for size in args.sizes if (small, size) in memory]
+    table = "\n".join(
+        [
+            "# HDF5 consolidation benchmark",
+            "",
+            f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {os.cpu_count()} cores, "
+            f"load average {os.getloadavg()[0]:.2f} at the end (the machine is shared; rates vary run to run).",
+            "Input: one split of GALAXY_SCHEMA Parquet shards (random float32 images, 1,000 galaxies a shard, 128-row "
+            "row groups), read from the page cache. Work: `galaxiesml.hdf5.consolidate` into one uncompressed file, "
+            "then fsync; in a fresh process (time excludes imports). Disk rate: a sequential write of the same "
+            "number of bytes in 16 MB writes, then fsync, right after.",
+            "",
+            "| galaxies | image size | GB written | seconds | MB/s | disk MB/s | vs disk | peak MB |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *(f"| {n:,} | {s} | {gb:.2f} | {w:.1f} | {r:.0f} | {d:.0f} | {x:.2f}x | {p:.0f} |" for n, s, gb, w, r, d, x, p in rows),
+            "",
+            f"Peak memory change from {small:,} to {big:,} galaxies: " + ", ".join(growth) + ".",
+            "Targets: at least 0.7x the disk rate (127 x 127, uncompressed); peak memory within 10% between the sizes.",
+            f"Command: `.venv/bin/python -m benchmarks.bench_hdf5 --galaxies {' '.join(map(str, args.galaxies))}`",
+        ]
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

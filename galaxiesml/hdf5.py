@@ -1,0 +1,324 @@
+"""The released files: one HDF5 file per (split, image size) and one CSV per split (paper section 3.5).
+
+An HDF5 file holds `image` (N, 5, S, S) float32 in g, r, i, z, y order, chunked one galaxy per
+chunk; `image_flags` (N, 5, S, S) uint8 (PADDED | NONFINITE per pixel; for the 64 x 64 files the
+same central crop as the image); and every tabular column as its own top-level dataset of length N:
+numbers as float64 / int64, flags as bool, strings as fixed-length UTF-8 bytes `S<n>` (n = the
+longest value in the split) and `filters` as an (N, 5) `S<n>` array (the filter each band came
+from). Rows are sorted by object_id. Nulls, which kept rows should not carry, are stored as NaN
+(floats), -1 (integers), False (bools) and b"" (strings). Compression, when asked for, applies to the
+image planes (the tabular datasets are ~1 KB a galaxy against ~400 KB of pixels).
+
+Memory stays bounded whatever the split's size: a first pass reads only object ids (and string
+lengths) to give each row its place; the datasets are preallocated; then tabular columns and images
+are streamed from the Parquet shards in batches and written to their rows. Files are byte-for-byte
+reproducible for the same input and attributes (no HDF5 timestamps, shards read in sorted order).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from galaxiesml.cutouts import CROP, SIZE, central_crop
+from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy
+from galaxiesml.hsc.format import PIXEL_SCALE, ZERO_POINT
+from galaxiesml.schema import BANDS
+
+SIZES: tuple[int, ...] = (SIZE, CROP)
+#: The Parquet image column each file size is read from.
+IMAGE_COLUMN = {SIZE: "image", CROP: "image_64"}
+#: Rows per batch when streaming tabular columns (~1 KB a row).
+TABULAR_BATCH_ROWS = 8192
+READ_BUFFER_BYTES = 8 << 20
+#: Value stored for a null, by Arrow type kind.
+_FILL = {"float": np.nan, "int": -1, "bool": False, "bytes": b""}
+
+
+def hdf5_name(size: int, split: str) -> str:
+    """The released file name, e.g. 5x127x127_training_with_morphology.hdf5."""
+    if size not in SIZES:
+        raise ValueError(f"image size must be one of {SIZES}, not {size}")
+    return f"{len(BANDS)}x{size}x{size}_{split}_with_morphology.hdf5"
+
+
+def csv_name(split: str) -> str:
+    """The released tabular file of a split, e.g. training.csv."""
+    return f"{split}.csv"
+
+
+def release_attrs(run: dict, funnel: dict | None = None, created: str | None = None) -> dict:
+    """The provenance each released file carries: tool and version, the run's options, band order,
+    pixel scale, zero point, the funnel counts and the creation time (UTC, ISO 8601; pass it to
+    make two runs' files byte-identical)."""
+    from datetime import datetime, timezone
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tool_version = version("galaxiesml-builder")
+    except PackageNotFoundError:
+        tool_version = "unknown"
+    return {
+        "tool": "galaxiesml-builder",
+        "tool_version": tool_version,
+        "run": run,
+        "band_order": ",".join(BANDS),
+        "pixel_scale_arcsec": PIXEL_SCALE,
+        "zero_point_ab": ZERO_POINT,
+        "funnel": funnel or {},
+        "created": created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------- reading shards
+
+def _open_parquet(path: str) -> pq.ParquetFile:
+    """A Parquet shard on any filesystem Beam knows (local, gs://, ...), read page by page through
+    a READ_BUFFER_BYTES buffer rather than a whole ~64 MB column chunk at a time (less memory)."""
+    source = path if os.path.exists(path) else FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return pq.ParquetFile(source, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+
+
+def _kind(t: pa.DataType) -> str:
+    """The storage kind of an Arrow type (of its values, for lists)."""
+    if pa.types.is_floating(t):
+        return "float"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "bytes"
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
+        return _kind(t.value_type)
+    raise TypeError(f"no HDF5 mapping for Arrow type {t}")
+
+
+@dataclass
+class Layout:
+    """Where every row goes: `positions[k]` gives the sorted-by-object_id row of each row of shard
+    k, in shard order; `string_lengths` the byte width of each string column."""
+
+    paths: list[str]
+    positions: list[np.ndarray]
+    string_lengths: dict[str, int]
+
+    @property
+    def n(self) -> int:
+        return sum(len(p) for p in self.positions)
+
+
+def plan(parquet_paths: Sequence[str], columns: Sequence[str] = TABULAR_COLUMNS) -> Layout:
+    """First pass: read only object_id and the string columns, sort, check ids are unique."""
+    paths = sorted(parquet_paths)
+    strings = [c for c in columns if _kind(GALAXY_SCHEMA.field(c).type) == "bytes"]
+    ids, lengths = [], {c: 1 for c in strings}
+    for path in paths:
+        shard = []
+        for batch in _open_parquet(path).iter_batches(batch_size=TABULAR_BATCH_ROWS, columns=["object_id", *strings]):
+            shard.append(batch.column("object_id").to_numpy(zero_copy_only=False).astype(np.int64))
+            for c in strings:
+                col = batch.column(c)
+                if pa.types.is_fixed_size_list(col.type) or pa.types.is_list(col.type):
+                    col = col.flatten()
+                lengths[c] = max(lengths[c], pc.max(pc.binary_length(col)).as_py() or 0)
+        ids.append(np.concatenate(shard) if shard else np.zeros(0, np.int64))
+    all_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    order = np.argsort(all_ids, kind="stable")
+    sorted_ids = all_ids[order]
+    repeated = sorted_ids[1:][np.diff(sorted_ids) == 0]
+    if len(repeated):
+        raise ValueError(f"object_id is not unique in {paths}: {sorted(set(repeated.tolist()))[:10]}")
+    rank = np.empty(len(all_ids), np.int64)
+    rank[order] = np.arange(len(all_ids))
+    bounds = np.cumsum([0, *(len(i) for i in ids)])
+    return Layout(paths, [rank[a:b] for a, b in zip(bounds[:-1], bounds[1:])], lengths)
+
+
+def _batches(layout: Layout, columns: Sequence[str], batch_rows: int) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+    """(target rows, record batch) over every shard, in shard order."""
+    for path, positions in zip(layout.paths, layout.positions):
+        start = 0
+        for batch in _open_parquet(path).iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False):
+            yield positions[start : start + batch.num_rows], batch
+            start += batch.num_rows
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """`items` produced by one background thread at most `depth` ahead of the consumer, in order:
+    Parquet decoding (which releases the GIL) overlaps the HDF5 writes while memory stays bounded
+    (more decoding threads gained nothing on 2 cores and cost a batch's memory each)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        iterator = iter(items)
+        pending: deque[Future] = deque(pool.submit(next, iterator, _END) for _ in range(depth))
+        try:
+            while (item := pending.popleft().result()) is not _END:
+                pending.append(pool.submit(next, iterator, _END))
+                yield item
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+_END = object()
+
+
+def column_numpy(column: pa.Array, width: int | None = None) -> np.ndarray:
+    """An Arrow tabular column as the numpy array stored in HDF5 (nulls filled, strings as S<width>,
+    fixed-size lists as 2-D)."""
+    kind = _kind(column.type)
+    if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
+        values = column_numpy(column.flatten(), width)
+        return values.reshape(len(column), -1)
+    if kind == "bytes":
+        return np.array([(v or "").encode() for v in column.to_pylist()], dtype=f"S{width}")
+    if column.null_count:
+        column = pc.fill_null(column, pa.scalar(_FILL[kind], column.type))
+    return column.to_numpy(zero_copy_only=False)
+
+
+def _hdf5_dtype(field: pa.Field, layout: Layout) -> tuple[np.dtype, tuple[int, ...]]:
+    """The (dtype, trailing shape) a tabular column is stored with: fixed-size lists as 2-D."""
+    t, extra = field.type, ()
+    if pa.types.is_fixed_size_list(t):
+        t, extra = t.value_type, (t.list_size,)
+    if _kind(t) == "bytes":
+        return np.dtype(f"S{layout.string_lengths[field.name]}"), extra
+    return np.dtype(t.to_pandas_dtype()), extra
+
+
+def _write_rows(dataset: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
+    """values[j] -> dataset[rows[j]] in one HDF5 call (an element selection, sorted by row)."""
+    order = np.argsort(rows)
+    rows, values = rows[order], np.ascontiguousarray(values[order])
+    extra = dataset.shape[1:]
+    if extra:  # (N, k): select every (row, j) in row-major order
+        coords = np.stack(np.meshgrid(rows, np.arange(extra[0]), indexing="ij"), -1).reshape(-1, 2)
+    else:
+        coords = rows[:, None]
+    file_space = dataset.id.get_space()
+    file_space.select_elements(coords.astype(np.uint64))
+    memory_space = h5py.h5s.create_simple((len(coords),))
+    dataset.id.write(memory_space, file_space, values.reshape(-1))
+
+
+def _write_attrs(h5: h5py.File, attrs: dict) -> None:
+    """Scalars as HDF5 attributes, anything else as a JSON string; sorted for reproducible files."""
+    for key in sorted(attrs):
+        value = attrs[key]
+        if isinstance(value, (str, bool, int, float, np.generic)):
+            h5.attrs[key] = value
+        else:
+            h5.attrs[key] = json.dumps(value, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------------- writers
+
+def _write_tabular(h5: h5py.File, layout: Layout, columns: Sequence[str]) -> None:
+    """One preallocated dataset per column, filled from Parquet batches of TABULAR_BATCH_ROWS."""
+    datasets = {}
+    for name in columns:
+        dtype, extra = _hdf5_dtype(GALAXY_SCHEMA.field(name), layout)
+        datasets[name] = h5.create_dataset(name, shape=(layout.n, *extra), dtype=dtype, track_times=False)
+    for rows, batch in _batches(layout, columns, TABULAR_BATCH_ROWS):
+        for name in columns:
+            _write_rows(datasets[name], rows, column_numpy(batch.column(name), layout.string_lengths.get(name)))
+
+
+def _write_images(h5: h5py.File, layout: Layout, size: int, compression: str | None, batch_rows: int) -> None:
+    """`image` and `image_flags`, one chunk per galaxy, decoded `batch_rows` at a time."""
+    shape = (layout.n, len(BANDS), size, size)
+    options = dict(shape=shape, maxshape=(None, *shape[1:]), chunks=(1, *shape[1:]), track_times=False)
+    if compression:
+        options.update(compression=compression, shuffle=True)
+    image = h5.create_dataset("image", dtype=np.float32, **options)
+    flags = h5.create_dataset("image_flags", dtype=np.uint8, **options)
+    decoded = (
+        (rows, cube_numpy(batch.column(IMAGE_COLUMN[size])), central_crop(cube_numpy(batch.column("image_flags")), size))
+        for rows, batch in _batches(layout, [IMAGE_COLUMN[size], "image_flags"], batch_rows)
+    )
+    for rows, cubes, flag_cubes in prefetch(decoded):
+        for j, row in enumerate(rows):
+            _write_chunk(image, row, cubes[j], compression)
+            _write_chunk(flags, row, flag_cubes[j], compression)
+
+
+def _write_chunk(dataset: h5py.Dataset, row: int, cube: np.ndarray, compression: str | None) -> None:
+    """One galaxy = one chunk: written as is when uncompressed (no selection, no conversion),
+    through HDF5's filter pipeline otherwise."""
+    if compression:
+        dataset[row] = cube
+    else:
+        dataset.id.write_direct_chunk((int(row), 0, 0, 0), np.ascontiguousarray(cube, dtype=dataset.dtype))
+
+
+def consolidate(
+    parquet_paths: list[str],
+    out_path: str,
+    size: int,
+    *,
+    attrs: dict,
+    compression: str | None = None,
+    batch_rows: int = 64,
+) -> dict:
+    """Write one split's Parquet shards as one released HDF5 file (local `out_path`) of `size`
+    (127 or 64) images; returns what it wrote ({"path", "n_galaxies", "size", "bytes"})."""
+    if size not in SIZES:
+        raise ValueError(f"image size must be one of {SIZES}, not {size}")
+    layout = plan(parquet_paths)
+    with h5py.File(out_path, "w", track_order=False) as h5:
+        _write_attrs(
+            h5,
+            {**attrs, "n_galaxies": layout.n, "image_shape": json.dumps([len(BANDS), size, size]), "compression": compression or "none"},
+        )
+        _write_tabular(h5, layout, TABULAR_COLUMNS)
+        _write_images(h5, layout, size, compression, batch_rows)
+    return {"path": out_path, "n_galaxies": layout.n, "size": size, "bytes": os.path.getsize(out_path)}
+
+
+def _csv_value(values: np.ndarray) -> pa.Array:
+    """An HDF5 tabular slice back to an Arrow column for CSV: bytes decoded, filters joined by ';'."""
+    if values.dtype.kind == "S":
+        text = np.char.decode(values, "utf-8")
+        if text.ndim == 2:
+            return pa.array([";".join(r) for r in text.tolist()], pa.string())
+        return pa.array(text.tolist(), pa.string())
+    return pa.array(values)
+
+
+def write_split_csv(parquet_paths: list[str], out_path: str, batch_rows: int = TABULAR_BATCH_ROWS) -> dict:
+    """The tabular columns of a split as one CSV (local `out_path`), rows sorted by object_id as in
+    the HDF5 files; `filters` joined by ';'. Streams through a temporary tabular-only HDF5 file so a
+    split is never held in memory."""
+    layout, schema = plan(parquet_paths), _csv_schema()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = os.path.join(tmp, "tabular.hdf5")
+        with h5py.File(store, "w") as h5:
+            _write_tabular(h5, layout, TABULAR_COLUMNS)
+        with h5py.File(store, "r") as h5, pacsv.CSVWriter(out_path, schema) as writer:
+            for start in range(0, layout.n, batch_rows):
+                arrays = [_csv_value(h5[c][start : start + batch_rows]) for c in TABULAR_COLUMNS]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+    return {"path": out_path, "n_galaxies": layout.n, "bytes": os.path.getsize(out_path)}
+
+
+def _csv_schema() -> pa.Schema:
+    """TABULAR_COLUMNS' types, lists as text."""
+    fields = []
+    for name in TABULAR_COLUMNS:
+        t = GALAXY_SCHEMA.field(name).type
+        fields.append(pa.field(name, pa.string() if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) else t))
+    return pa.schema(fields)
