@@ -1,0 +1,205 @@
+"""End-to-end scaling of the demo pipeline (catalog, cutouts, morphology, Parquet) on DirectRunner:
+galaxies/s on 1 worker (in-process) and 2 workers (`--direct_running_mode=multi_processing
+--direct_num_workers=2`), and peak memory per worker at two sample sizes (issue 7).
+
+Set-up (not timed): a synthetic sky of --sky_galaxies galaxies and its HSC catalog export
+(galaxiesml.sky, as `python -m pipeline demo` makes it); a catalog-only pass to learn the kept
+galaxies; their cutouts (127 x 127, half width 10.584") pre-rendered into an on-disk cache that the
+das_cutout stand-in (`python -m galaxiesml.standins`, its own process) serves from.
+
+Measured, each run in a fresh process (benchmarks/measure.py), alternating 1 and 2 workers:
+- `throughput`: `--mini_size` --throughput_galaxies of the catalog, the full build with the Sersic
+  fit; and the same build with `--cutout_source none` (the catalog stages and Beam's start-up
+  alone), to separate the images + morphology part.
+- `memory`: every kept galaxy (about --sky_galaxies), `--no_sersic` to fit the time budget (the fit
+  changes CPU, not what is held in memory), peak RSS of the launching process (which is the worker
+  on 1 worker) and of the largest worker process (2 workers).
+
+Workers x --max_streams = 2, the HSC account's limit (1 worker: 2 streams; 2 workers: 1 each).
+Every run fetches (--cutout_cache none). Writes benchmarks/results/scaling.md.
+
+    .venv/bin/python -m benchmarks.bench_scaling [--sky_galaxies 2000] [--throughput_galaxies 400]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import os
+import platform
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from benchmarks.measure import measure
+from benchmarks.standin import BENCH_CREDENTIALS, ServerProcess, cache_files, prerender_cache, request_keys
+from galaxiesml.hsc.format import HALF_WIDTH_127
+
+
+def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str]) -> dict:
+    """The build (pipeline.cli.run) on DirectRunner; time, CPU and peak memory of the processes."""
+    from pipeline.cli import run
+
+    args = ["--catalog", catalog, "--output", output, "--hsc_url", url, "--cutout_cache", "none",
+            "--cutout_half_width", str(HALF_WIDTH_127), "--runner=DirectRunner", *extra]
+    if workers > 1:
+        args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}",
+                 "--max_streams", str(max(1, 2 // workers))]
+    else:
+        args += ["--max_streams", "2"]
+    shutil.rmtree(output, ignore_errors=True)
+    usage = lambda: [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]  # noqa: E731
+    before = usage()
+    t0 = time.perf_counter()
+    summary = run(args)
+    seconds = time.perf_counter() - t0
+    after = usage()
+    cpu = sum((a.ru_utime + a.ru_stime) - (b.ru_utime + b.ru_stime) for a, b in zip(after, before))
+    return {
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "kept": summary["funnel"]["kept"],
+        "failed": summary["funnel"]["failed"],
+        "launcher_peak_mb": after[0].ru_maxrss / 1024,
+        "worker_peak_mb": after[1].ru_maxrss / 1024,  # the largest finished child: a worker process
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sky_galaxies", type=int, default=2000, help="galaxies in the sky (the memory run builds all)")
+    p.add_argument("--throughput_galaxies", type=int, default=400, help="--mini_size of the throughput runs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1, help="alternating rounds of the throughput runs")
+    p.add_argument("--galaxies_per_request", type=int, default=198,
+                   help="galaxies per cutout request in the throughput runs (fewer: more request batches to spread)")
+    p.add_argument("--skip_memory", action="store_true")
+    p.add_argument("--append", action="store_true", help="append the throughput table to --out instead of writing it")
+    p.add_argument("--work", default="/tmp/galaxiesml-bench")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scaling.md"))
+    args = p.parse_args(argv)
+    session_t0 = time.perf_counter()
+
+    from galaxiesml.sky import make_sky, write_sky
+    from pipeline.cli import run
+
+    work = Path(args.work) / f"scaling-sky-{args.sky_galaxies}-seed-{args.seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    sky, rows = make_sky(args.sky_galaxies, args.seed)
+    catalog = str(write_sky(sky, rows, work / "input")["catalog"])
+    # the catalog stages alone, to learn which galaxies are kept (their positions as the job reads them)
+    run(["--catalog", catalog, "--output", str(work / "catalog-only"), "--cutout_source", "none", "--runner=FnApiRunner"])
+    kept = pq.read_table(sorted(glob.glob(str(work / "catalog-only" / "catalog" / "kept-*.parquet"))), columns=["ra", "dec"])
+    cache_dir = work / "rendered"
+    prerender_cache(sky, request_keys(zip(kept.column("ra").to_pylist(), kept.column("dec").to_pylist()), HALF_WIDTH_127), cache_dir)
+    del sky, rows
+    setup_s = time.perf_counter() - session_t0
+
+    os.environ["HSC_SSP_CAS_USER"], os.environ["HSC_SSP_CAS_PASSWORD"] = BENCH_CREDENTIALS.user, BENCH_CREDENTIALS.password
+    target = "benchmarks.bench_scaling:run_build"
+    mini = ["--mini_size", str(args.throughput_galaxies), "--galaxies_per_request", str(args.galaxies_per_request)]
+    plan = []
+    for _ in range(args.rounds):
+        for workers in (1, 2):
+            plan.append(("full", workers, [*mini, "--cutout_source", "service"]))
+            plan.append(("catalog", workers, [*mini, "--cutout_source", "none"]))
+    if not args.skip_memory:
+        for workers in (1, 2):
+            plan.append(("memory", workers, ["--cutout_source", "service", "--no_sersic"]))
+    results: dict[tuple[str, int], list[dict]] = {}
+    loads = []
+    measured_t0 = time.perf_counter()
+    with ServerProcess(args.sky_galaxies, args.seed, cache_dir, work / "server.log") as server:
+        before = cache_files(cache_dir)
+        for kind, workers, extra in plan:
+            out = str(work / f"out-{kind}-{workers}")
+            res = measure(target, catalog, out, server.url, workers, extra)["result"]
+            results.setdefault((kind, workers), []).append(res)
+            loads.append(os.getloadavg()[0])
+            print(f"{kind} {workers} worker(s): {res['seconds']:.1f} s, kept {res['kept']}, failed {res['failed']}, "
+                  f"launcher {res['launcher_peak_mb']:.0f} MB, worker {res['worker_peak_mb']:.0f} MB", flush=True)
+        rendered_while_serving = cache_files(cache_dir) - before
+    measured_s = time.perf_counter() - measured_t0
+
+    best = {k: min(v, key=lambda r: r["seconds"]) for k, v in results.items()}
+    n = best[("full", 1)]["kept"]
+    assert best[("full", 2)]["kept"] == n
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.machine())
+    started = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=time.perf_counter() - session_t0)
+
+    def row(workers: int) -> str:
+        full, cat = best[("full", workers)], best[("catalog", workers)]
+        images_s = full["seconds"] - cat["seconds"]
+        all_s = ", ".join(f"{r['seconds']:.1f}" for r in results[("full", workers)])
+        return (f"| {workers} | {full['seconds']:.1f} ({all_s}) | {n / full['seconds']:.2f} | {cat['seconds']:.1f} | "
+                f"{images_s:.1f} | {n / images_s:.2f} | {full['cpu_s']:.0f} | "
+                f"{max(full['launcher_peak_mb'], full['worker_peak_mb']) if workers == 1 else full['worker_peak_mb']:.0f} |")
+
+    s1 = best[("full", 1)]["seconds"] / best[("full", 2)]["seconds"]
+    i1 = best[("full", 1)]["seconds"] - best[("catalog", 1)]["seconds"]
+    i2 = best[("full", 2)]["seconds"] - best[("catalog", 2)]["seconds"]
+    batches = -(-n // args.galaxies_per_request)
+    lines = [
+        "# End-to-end scaling on DirectRunner: 1 vs 2 workers, and memory per worker (issue 7)",
+        "",
+        f"Run {started:%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Beam 2.77; "
+        f"load average during the measurements {min(loads):.1f}-{max(loads):.1f} (the machine is shared with other "
+        "work, so wall times are noisy: CPU seconds are given too).",
+        "",
+        f"Command: `.venv/bin/python -m benchmarks.bench_scaling --sky_galaxies {args.sky_galaxies} "
+        f"--throughput_galaxies {args.throughput_galaxies} --galaxies_per_request {args.galaxies_per_request} "
+        f"--rounds {args.rounds} --seed {args.seed}{' --skip_memory --append' if args.append else ''}` "
+        f"(set-up {setup_s:.0f} s, measurements {measured_s:.0f} s).",
+        "",
+        f"The demo's pipeline on a synthetic sky of {args.sky_galaxies:,} galaxies (catalog export of "
+        f"{kept.num_rows:,} kept rows), cutouts 127 x 127 (half width {HALF_WIDTH_127:.3f}\") fetched from the "
+        "das_cutout stand-in in its own process, answering from pre-rendered cutouts (it rendered "
+        f"{rendered_while_serving} while measured); no cutout cache (every galaxy fetched); 1 worker: "
+        "DirectRunner in-process, --max_streams 2; 2 workers: multi_processing, --max_streams 1 each.",
+        "",
+        f"## Throughput: {n} galaxies (`--mini_size {args.throughput_galaxies}`), images + morphology with the Sersic fit, "
+        f"{args.galaxies_per_request} galaxies per request ({batches} request batches)",
+        "",
+        f"Best of {args.rounds} run(s) each. \"catalog only\" is the same build with `--cutout_source none`: Beam's "
+        "start-up (large for multi_processing, which starts its worker processes) and the catalog stages; "
+        "\"images + morphology\" is the difference.",
+        "",
+        "| workers | wall s (all runs) | galaxies/s | catalog only s | images + morphology s | galaxies/s (images + morphology) | CPU s | peak MB per worker |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        row(1),
+        row(2),
+        "",
+        f"**2 workers / 1 worker: {s1:.2f}x end to end, {i1 / i2:.2f}x for images + morphology** (target >= 1.7x).",
+        "",
+    ]
+    if not args.skip_memory:
+        m1, m2 = best[("memory", 1)], best[("memory", 2)]
+        lines += [
+            f"## Peak memory: every kept galaxy ({m1['kept']:,}), `--no_sersic`",
+            "",
+            "| workers | wall s | galaxies/s | launcher peak MB | largest worker process peak MB |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            f"| 1 | {m1['seconds']:.1f} | {m1['kept'] / m1['seconds']:.2f} | {m1['launcher_peak_mb']:.0f} | (in the launcher) |",
+            f"| 2 | {m2['seconds']:.1f} | {m2['kept'] / m2['seconds']:.2f} | {m2['launcher_peak_mb']:.0f} | {m2['worker_peak_mb']:.0f} |",
+            "",
+            f"Compare the throughput runs' peaks at {n} galaxies above: what grows with the sample is what a "
+            "worker holds beyond its bundle.",
+            "",
+        ]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.append and out.exists():
+        lines = ["", *lines[2:]]  # the run line, command and set-up, then the throughput section
+        with open(out, "a") as f:
+            f.write("\n".join(lines))
+    else:
+        out.write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
