@@ -27,11 +27,11 @@ from galaxiesml.cutouts import (
     unpack_cutouts,
 )
 from galaxiesml.hsc.credentials import Credentials
-from galaxiesml.hsc.cutout_client import GalaxyCutouts, Target
+from galaxiesml.hsc.cutout_client import CutoutRow, GalaxyCutouts, Target, list_file
 from galaxiesml.schema import BANDS
 from galaxiesml.sky import make_sky
 from galaxiesml.synthetic_catalog import Region
-from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService
+from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService, parse_list_file, prerender
 from galaxiesml.standins.faults import Faults
 from transforms.fetch_cutouts import FAILED, CutoutConfig, FetchCutouts, request_batches
 
@@ -147,8 +147,18 @@ def kept(sky):
 
 
 @pytest.fixture(scope="module")
-def render_cache(tmp_path_factory):
-    return CutoutCache(tmp_path_factory.mktemp("rendered"))
+def render_cache(tmp_path_factory, sky, kept):
+    """The sky's cutouts rendered ahead, in two processes (the stand-in then serves them cheaply),
+    in every filter the client may ask for, including the HSC-R2 / HSC-I2 fallbacks."""
+    cache = CutoutCache(tmp_path_factory.mktemp("rendered"))
+    filters = ["HSC-G", "HSC-R", "HSC-I", "HSC-Z", "HSC-Y", "HSC-R2", "HSC-I2"]
+    rows = [
+        CutoutRow(oid, ra, dec, f, HALF)
+        for oid, ra, dec in zip(*(kept.column(c).to_pylist() for c in ("object_id", "ra", "dec")))
+        for f in filters
+    ]
+    prerender(sky[0], [r.key for r in parse_list_file(list_file(rows), max_rows=len(rows))], cache, workers=2)
+    return cache
 
 
 _COLLECTED: dict[str, list] = {}
