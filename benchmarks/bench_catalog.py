@@ -24,7 +24,7 @@ def beam_pass(catalog: str, out: str, runner: str) -> int:
     from pipeline.cli import run_pipeline
     from pipeline.options import GalaxiesMLOptions
 
-    run_pipeline(GalaxiesMLOptions(["--catalog", catalog, "--output", out, f"--runner={runner}"]))
+    run_pipeline(GalaxiesMLOptions(["--catalog", catalog, "--output", out, "--cutout_source=none", "--progress_every=0", f"--runner={runner}"]))
     return 0
 
 

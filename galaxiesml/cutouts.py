@@ -23,14 +23,12 @@ from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 
 from galaxiesml.hsc.cutout_client import GalaxyCutouts, Target
-from galaxiesml.hsc.format import BAND_OF_FILTER, FALLBACK_FILTERS, FILTERS, PIXEL_SCALE
+from galaxiesml.hsc.format import FALLBACK_FILTERS, FILTERS, PAPER_HALF_WIDTH, PIXEL_SCALE
 from galaxiesml.schema import BANDS
 
 SIZE = 127
 CENTRE = SIZE // 2  # 63: the galaxy's pixel
 CROP = 64
-#: Half width the paper asked the cutout service for, in arcsec (~119 px wide, padded to 127).
-PAPER_HALF_WIDTH = 10.0
 
 PADDED = 1
 NONFINITE = 2

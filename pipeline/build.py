@@ -10,17 +10,12 @@ from galaxiesml.cuts import PAPER_RULES
 from galaxiesml.funnel import count_by
 from pipeline import __version__
 from pipeline.options import GalaxiesMLOptions, cutout_config, parse_fractions, sample_cuts
-from galaxiesml.hdf5 import release_attrs
-from transforms.consolidate import Consolidate
 from transforms.dedup import DUPLICATES, Deduplicate
-from transforms.fetch_cutouts import FAILED, FetchCutouts
-from transforms.measure_morphology import MeasureMorphology
 from transforms.mini_sample import MiniSample
 from transforms.quality_cuts import QualityCuts
 from transforms.read_catalog import COUNTS, REJECTED, ReadCatalog
 from transforms.splits import AssignSplits
 from transforms.write_catalog import WriteCatalog, WriteSummary
-from transforms.write_galaxies import WriteGalaxies
 
 
 def versions() -> dict[str, str]:
@@ -93,6 +88,11 @@ def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
     if opts.cutout_source == "none":
         counts.append(kept | "Count kept" >> beam.Map(count_by, "split", "kept"))
     else:
+        # imported here: a catalog-only build does not load (or hold in memory) the image libraries
+        from transforms.fetch_cutouts import FAILED, FetchCutouts
+        from transforms.measure_morphology import MeasureMorphology
+        from transforms.write_galaxies import WriteGalaxies
+
         fetched = kept | "FetchCutouts" >> FetchCutouts(cutout_config(opts))
         measured = fetched.galaxies | "MeasureMorphology" >> MeasureMorphology(opts.psf, not opts.no_sersic)
         outputs["galaxies"] = measured.galaxies
@@ -106,6 +106,9 @@ def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
     info = run_info(opts)
     outputs["summary"] = tuple(counts) | "WriteSummary" >> WriteSummary(opts.output, info)
     if "galaxy_files" in outputs:
+        from galaxiesml.hdf5 import release_attrs
+        from transforms.consolidate import Consolidate
+
         funnel = outputs["summary"] | "Funnel" >> beam.Map(lambda summary: summary["funnel"])
         outputs["released"] = (
             outputs["galaxy_files"]

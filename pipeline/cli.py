@@ -16,8 +16,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import CatalogError, catalog_columns, check_columns
-from galaxiesml.datacard import main as datacard_main
-from galaxiesml.datacard import write_datacard
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from pipeline.build import build, run_info
 from pipeline.options import GalaxiesMLOptions, cutout_config, expand_preset, parse_fractions, sample_cuts
@@ -151,6 +149,8 @@ def run(argv: list[str]) -> dict:
     if "://" in opts.output:
         print(f"data card: make it from a local copy with `python -m pipeline report DIR`")
     else:
+        from galaxiesml.datacard import write_datacard
+
         card = write_datacard(opts.output)
         print(f"data card: {card['html']}")
     return summary
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "generate-catalog":
             return synthetic_catalog.main(argv)
         elif command == "report":
+            from galaxiesml.datacard import main as datacard_main
+
             return datacard_main(argv)
         else:
             print(USAGE, file=sys.stderr)

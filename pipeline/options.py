@@ -6,13 +6,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from galaxiesml.catalog import DEFAULT_BATCH_ROWS
-from galaxiesml.cutouts import PAPER_HALF_WIDTH
-from galaxiesml.hsc.cutout_client import PDR2_CUTOUT_URL
 from galaxiesml.cuts import SampleCuts
+from galaxiesml.hsc.format import GALAXIES_PER_REQUEST, PAPER_HALF_WIDTH, PDR2_CUTOUT_URL
 from galaxiesml.schema import BANDS
 from galaxiesml.splits import check_fractions
-from transforms.fetch_cutouts import GALAXIES_PER_REQUEST, CutoutConfig
-from transforms.write_galaxies import DEFAULT_PER_SHARD
+
+#: ~500 KB a galaxy (image, 64 x 64 crop, flags): 256 galaxies make Parquet shards of ~125 MB.
+DEFAULT_PER_SHARD = 256
 
 #: Named groups of options. Flags given on the command line override a preset's.
 PRESETS: dict[str, tuple[str, list[str]]] = {
@@ -94,8 +94,10 @@ def sample_cuts(opts: "GalaxiesMLOptions") -> SampleCuts:
     )
 
 
-def cutout_config(opts: "GalaxiesMLOptions") -> CutoutConfig:
-    """The cutout stage's settings from the options."""
+def cutout_config(opts: "GalaxiesMLOptions"):
+    """The cutout stage's settings from the options (a transforms.fetch_cutouts.CutoutConfig)."""
+    from transforms.fetch_cutouts import CutoutConfig  # the image libraries load only when used
+
     planes = tuple(p.strip() for p in opts.cutout_planes.split(",") if p.strip())
     if not planes or planes[0] != "image" or set(planes) - {"image", "mask", "variance"}:
         raise ValueError(f"--cutout_planes takes image, optionally with mask and variance, got {opts.cutout_planes!r}")

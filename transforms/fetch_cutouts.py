@@ -22,7 +22,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
 from galaxiesml.cutouts import (
-    PAPER_HALF_WIDTH,
     CutoutError,
     LocalPatchSource,
     cache_key,
@@ -32,13 +31,13 @@ from galaxiesml.cutouts import (
     pack_cutouts,
     unpack_cutouts,
 )
-from galaxiesml.hsc.cutout_client import PDR2_CUTOUT_URL, CutoutClient, GalaxyCutouts, Target
+from galaxiesml.hsc.cutout_client import CutoutClient, GalaxyCutouts, Target
+from galaxiesml.hsc.format import GALAXIES_PER_REQUEST, PAPER_HALF_WIDTH, PDR2_CUTOUT_URL
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.schema import BANDS
 from transforms.metrics import increment
 
 FAILED = "failed"
-GALAXIES_PER_REQUEST = 990 // len(BANDS)  # 198
 
 _streams_lock = threading.Lock()
 _streams: dict[int, threading.BoundedSemaphore] = {}

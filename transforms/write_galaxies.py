@@ -16,10 +16,6 @@ from apache_beam.transforms.window import GlobalWindows
 
 from galaxiesml.dataset import GALAXIES_DIR, records_to_table
 
-#: ~500 KB a galaxy (image, 64 x 64 crop, flags): 256 galaxies make shards of ~125 MB.
-DEFAULT_PER_SHARD = 256
-
-
 def split_dir(output: str, split: str) -> str:
     return FileSystems.join(output, GALAXIES_DIR, split)
 
@@ -74,7 +70,7 @@ def _finalize(element: tuple[str, list[tuple[int, str, int]]], output: str) -> t
 class WriteGalaxies(beam.PTransform):
     """Galaxy records -> (split, [final Parquet paths]) once every shard of the split is written."""
 
-    def __init__(self, output: str, per_shard: int = DEFAULT_PER_SHARD):
+    def __init__(self, output: str, per_shard: int):
         super().__init__()
         self.output = output
         self.per_shard = per_shard

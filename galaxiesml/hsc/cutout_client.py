@@ -29,17 +29,16 @@ from galaxiesml.hsc.format import (
     FALLBACK_FILTERS,
     FILTERS,
     HALF_WIDTH_127,
+    PDR2_CUTOUT_URL,
     PIXEL_SCALE,
     RERUN,
+    ROWS_PER_REQUEST,
     parse_member_name,
 )
 from galaxiesml.schema import BANDS
 
 log = logging.getLogger(__name__)
 
-PDR2_CUTOUT_URL = "https://hsc-release.mtk.nao.ac.jp/das_cutout/pdr2/cgi-bin/cutout"
-#: Rows per request clients use (the service takes at most 1000).
-ROWS_PER_REQUEST = 990
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _TAR_END = b"\0" * 1024
 

@@ -36,6 +36,14 @@ MASK_PLANES: dict[str, int] = {
 
 #: Half width (arcsec) that gives a 127 x 127 pixel cutout: 63 pixels either side of the centre.
 HALF_WIDTH_127: float = 63 * PIXEL_SCALE
+#: Half width the paper asked the cutout service for, in arcsec (~119 px wide, padded to 127).
+PAPER_HALF_WIDTH: float = 10.0
+
+PDR2_CUTOUT_URL = "https://hsc-release.mtk.nao.ac.jp/das_cutout/pdr2/cgi-bin/cutout"
+#: Rows per request clients use (the service takes at most 1000).
+ROWS_PER_REQUEST = 990
+#: Whole galaxies per request: 5 bands x 198 < 990 rows.
+GALAXIES_PER_REQUEST = ROWS_PER_REQUEST // len(BANDS)
 
 
 class MemberName(NamedTuple):
