@@ -7,23 +7,19 @@ from __future__ import annotations
 import gzip
 import hmac
 import json
-import logging
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pyarrow as pa
 
 from galaxiesml.hsc.credentials import Credentials
-from galaxiesml.standins.loopback import LoopbackServer
+from galaxiesml.standins.loopback import LoopbackServer, StandinHandler
 from galaxiesml.standins.faults import FaultPlan, Faults
 from galaxiesml.synthetic_catalog import hsc_csv_bytes
 
-log = logging.getLogger(__name__)
 
 CATALOG_PATH = "/datasearch/api/catalog_jobs/"
 SERVED_FORMATS = ("csv", "csv.gz")
@@ -108,30 +104,11 @@ class CatalogService:
             job.status = "done"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StandinHandler):
     server_version = "catalog-standin/1.0"
-    server: Any  # loopback._Server: .service is the stand-in
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class name
-        log.debug("%s %s", self.address_string(), format % args)
 
     def _json(self, status: int, payload: Any) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
-
-    def _send(self, status: int, body: bytes, ctype: str, length: int | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _drop(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self.send(status, json.dumps(payload).encode(), "application/json")
 
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
         service = self.server.service
@@ -153,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault in ("http_502", "http_503"):
             return self._json(int(fault[-3:]), {"error": "service unavailable"})
         if fault == "drop":
-            return self._drop()
+            return self.drop()
         if fault == "slow":
             time.sleep(service.faults.faults.slow_seconds)
         if endpoint == "submit":
@@ -175,9 +152,9 @@ class _Handler(BaseHTTPRequestHandler):
             data = job.result if endpoint == "download" else job.result[:4096]
             ctype = "application/gzip" if job.out_format == "csv.gz" else "text/csv"
             if fault == "truncate":
-                self._send(200, data[: len(data) // 2], ctype, length=len(data))
-                return self._drop()
-            return self._send(200, data, ctype)
+                self.send(200, data[: len(data) // 2], ctype, length=len(data))
+                return self.drop()
+            return self.send(200, data, ctype)
         return self._json(404, {"error": f"unknown endpoint {endpoint!r}"})
 
 

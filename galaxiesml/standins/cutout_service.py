@@ -14,10 +14,8 @@ import base64
 import hashlib
 import hmac
 import io
-import logging
 import multiprocessing
 import re
-import socket
 import tarfile
 import threading
 import time
@@ -25,17 +23,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Iterable, NamedTuple
 
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.hsc.format import BAND_OF_FILTER, member_name
 from galaxiesml.sky import Sky
-from galaxiesml.standins.loopback import LoopbackServer
+from galaxiesml.standins.loopback import LoopbackServer, StandinHandler
 from galaxiesml.standins.faults import FaultPlan, Faults
 
-log = logging.getLogger(__name__)
 
 CUTOUT_PATH = "/das_cutout/pdr2/cgi-bin/cutout"
 #: The most rows one request may carry (clients send at most 990).
@@ -329,34 +325,14 @@ class CutoutService:
             self.status_counts[status] = self.status_counts.get(status, 0) + 1
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StandinHandler):
     server_version = "das_cutout-standin/1.0"
-    server: Any  # loopback._Server: .service is the stand-in
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class name
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def _reply(self, status: int, body: bytes = b"", ctype: str = "text/plain; charset=utf-8", extra=None):
+    def on_reply(self, status: int) -> None:
         self.server.service.count_status(status)
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (extra or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if body:
-            self.wfile.write(body)
-
-    def _drop(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        self._reply(406, b"the single-cutout GET form is not served by this stand-in: POST a list\n")
+        self.send(406, b"the single-cutout GET form is not served by this stand-in: POST a list\n")
 
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
         service = self.server.service
@@ -365,12 +341,12 @@ class _Handler(BaseHTTPRequestHandler):
         with service._lock:
             service.stats["requests"] += 1
         if self.path.split("?")[0] != CUTOUT_PATH:
-            return self._reply(404, b"not found\n")
+            return self.send(404, b"not found\n")
         user = service.authorised(self.headers.get("Authorization"))
         if user is None:
-            return self._reply(401, b"authorization required\n", extra={"WWW-Authenticate": 'Basic realm="HSC"'})
+            return self.send(401, b"authorization required\n", headers={"WWW-Authenticate": 'Basic realm="HSC"'})
         if not service.open_stream(user):
-            return self._reply(503, b"too many concurrent requests\n", extra={"Retry-After": "1"})
+            return self.send(503, b"too many concurrent requests\n", headers={"Retry-After": "1"})
         try:
             self._serve(service, body)
         finally:
@@ -379,34 +355,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, service: CutoutService, body: bytes) -> None:
         fault = service.faults.draw()
         if fault == "http_502":
-            return self._reply(502, b"proxy error\n")
+            return self.send(502, b"proxy error\n")
         if fault == "http_503":
-            return self._reply(503, b"service unavailable\n", extra={"Retry-After": "1"})
+            return self.send(503, b"service unavailable\n", headers={"Retry-After": "1"})
         if fault == "drop":
-            return self._drop()
+            return self.drop()
         if fault == "slow":
             time.sleep(service.faults.faults.slow_seconds)
         try:
             rows = parse_list_file(_list_part(self.headers.get("Content-Type", ""), body), service.max_rows)
         except ListFileError as e:
-            return self._reply(406, f"malformed request: {e}\n".encode())
+            return self.send(406, f"malformed request: {e}\n".encode())
         arch, tar = service.archive(rows, fault)
         headers = {"Content-Disposition": f'attachment; filename="{arch}.tar"'}
         if fault != "truncate":
-            return self._reply(200, tar, "application/x-tar", headers)
+            return self.send(200, tar, "application/x-tar", headers)
         cut = int(len(tar) * (0.1 + 0.8 * service.faults.rng_value()))
         cut -= cut % 512 if service.faults.rng_value() < 0.5 else 0  # at a block boundary, or mid-block
         honest_length = service.faults.rng_value() < 0.5
-        service.count_status(200)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-tar")
-        self.send_header("Content-Length", str(cut if honest_length else len(tar)))
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(tar[:cut])
+        self.send(200, tar[:cut], "application/x-tar", headers, length=cut if honest_length else len(tar))
         self.wfile.flush()
-        self._drop()
+        self.drop()
 
 
 def _list_part(content_type: str, body: bytes) -> str:

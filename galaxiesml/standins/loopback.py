@@ -1,9 +1,13 @@
 """An HTTP stand-in served from a background thread, on loopback by default."""
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+log = logging.getLogger("galaxiesml.standins")
 
 
 class _Server(ThreadingHTTPServer):
@@ -52,3 +56,44 @@ class LoopbackServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class StandinHandler(BaseHTTPRequestHandler):
+    """What the stand-ins' request handlers share: HTTP/1.1, quiet logs, a reply, a dropped
+    connection. `self.server.service` is the stand-in behind it."""
+
+    protocol_version = "HTTP/1.1"
+    server: Any
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class name
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def on_reply(self, status: int) -> None:
+        """Called with each reply's status (a stand-in may count them)."""
+
+    def send(
+        self,
+        status: int,
+        body: bytes = b"",
+        ctype: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+        length: int | None = None,
+    ) -> None:
+        """Reply with `body`; `length` may announce more than is sent (a reply cut short)."""
+        self.on_reply(status)
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+    def drop(self) -> None:
+        """Close the connection without (the rest of) a reply."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
