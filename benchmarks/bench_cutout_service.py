@@ -15,6 +15,7 @@ import platform
 import time
 from pathlib import Path
 
+from benchmarks.measure import write_results
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.hsc.cutout_client import CutoutClient, Target
 from galaxiesml.hsc.format import HALF_WIDTH_127
@@ -85,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average during the run {load[0]:.2f} (the machine was shared with other work).",
         "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, lines)
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.measure import measure
+from benchmarks.measure import measure, write_results
 from benchmarks.standin import BENCH_CREDENTIALS, ServerProcess, cache_files, prerender_cache, request_keys
 from galaxiesml.hsc.format import HALF_WIDTH_127
 from galaxiesml.schema import BANDS
@@ -247,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Peak memory of the 2-worker run's largest worker process: {best['stage2']['worker_peak_mb']:.0f} MB.",
         "",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results(args.out, lines)
     return 0
 
 

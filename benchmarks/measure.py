@@ -32,3 +32,11 @@ def measure(target: str, *args) -> dict:
         if line.startswith("MEASURE "):
             return json.loads(line[len("MEASURE "):])
     raise RuntimeError(f"{target} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def write_results(path: str | Path, lines: list[str]) -> None:
+    """Write a benchmark's results file (Markdown lines) and show it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
