@@ -6,7 +6,6 @@ import argparse
 import platform
 import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
 
 from benchmarks.measure import ROOT, measure
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from galaxiesml import morphology as M  # noqa: E402
-from tests.sextractor_runner import CONFIG_DIR, SE_BINARY, central_row, read_ascii_head, run_sextractor  # noqa: E402
+from tests.sextractor_runner import CONFIG_DIR, SE_BINARY, central_row, run_sextractor  # noqa: E402
 from tests.synthetic_cutouts import PIXEL_SCALE, moffat_psf, psf_image, render_cutout, render_set, write_fits  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from galaxiesml.cutouts import CROP, SIZE, central_crop
-from galaxiesml.morphology import BAND_COLUMNS, COLUMN_DTYPES, morphology_columns
+from galaxiesml.morphology import BAND_COLUMNS, COLUMN_DTYPES
 from galaxiesml.schema import BANDS, CATALOG_FIELDS, PROVENANCE_FIELDS
 
 GALAXIES_DIR = "galaxies"

@@ -4,6 +4,7 @@
 Mistakes a user can fix are one line each, saying what to do (`--verbose` adds the traceback)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -116,18 +117,11 @@ def run_pipeline(opts: GalaxiesMLOptions):
     preflight(opts)
     p = beam.Pipeline(options=opts)
     build(p, opts)
-    with Progress(opts.progress_every) if opts.progress_every > 0 else _nothing():
+    with Progress(opts.progress_every) if opts.progress_every > 0 else contextlib.nullcontext():
         result = p.run()
         result.wait_until_finish()
     return result
 
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def options(argv: list[str]) -> GalaxiesMLOptions:
@@ -147,7 +141,7 @@ def run(argv: list[str]) -> dict:
         summary = json.load(f)
     print_funnel(summary, opts.output)
     if "://" in opts.output:
-        print(f"data card: make it from a local copy with `python -m pipeline report DIR`")
+        print("data card: make it from a local copy with `python -m pipeline report DIR`")
     else:
         from galaxiesml.datacard import write_datacard
 

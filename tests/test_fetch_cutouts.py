@@ -18,12 +18,10 @@ from galaxiesml.cutouts import (
     PADDED,
     SIZE,
     CutoutError,
-    LocalPatchSource,
     central_crop,
     decode_band,
     galaxy_image,
     pack_cutouts,
-    place_on_grid,
     unpack_cutouts,
 )
 from galaxiesml.hsc.credentials import Credentials
@@ -206,7 +204,6 @@ def test_stage_retrieves_every_covered_galaxy_through_faults_then_uses_the_cache
             galaxies_per_request=25,
         )
         galaxies, failed = run_stage(kept, config, fnapi_options)
-        first_requests = service.stats["requests"]
         assert sum(service.faults.counts.values()) > 0  # faults really happened
         covered = covered_ids(sky, kept)
         assert 0 < len(covered) < kept.num_rows  # the sky has gaps

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
