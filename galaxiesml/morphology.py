@@ -22,7 +22,7 @@ docs/morphology.md gives every definition and choice in full; in short:
   3.5), in units of A, as SE reports it.
 * total_galaxies = number of detections; central_image_pop_{15,10,5}px_rad = detections whose centre
   lies within (<=) 15/10/5 px of the cutout centre, the central galaxy included.
-* sersic_index: a PSF-convolved elliptical Sersic fit (scipy least_squares), n bounded to [0.2, 8];
+* sersic_index: a PSF-convolved elliptical Sersic fit (Levenberg-Marquardt), n bounded to [0.2, 8];
   without a PSF a Moffat (FWHM 0.7", beta 3, at 0.168"/px) stands in.
 
 Every value is a float (NaN when missing, counts included so that a failed band is NaN throughout);
@@ -37,12 +37,12 @@ import math
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import sep
 from scipy import fft as sfft
-from scipy import ndimage, optimize, special
+from scipy import ndimage, special
 
 from galaxiesml.schema import BANDS
 
@@ -370,8 +370,57 @@ def concentration_index(r50: float, r90: float, psf_r50: float, psf_r90: float) 
     return float(np.interp(d90 / d50, _C_TABLE, _C_N))
 
 
+class FitResult(NamedTuple):
+    x: np.ndarray
+    cost: float  # sum of squared residuals at x
+    nfev: int
+    converged: bool
+
+
+def levenberg_marquardt(
+    evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    p0: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    xtol: np.ndarray,
+    *,
+    ftol: float = 1e-4,
+    max_nfev: int = 60,
+) -> FitResult:
+    """Minimise |r(p)|^2 for `evaluate(p) -> (r, dr/dp)` within the box [lo, hi] (steps clipped to it).
+
+    Marquardt's damping scaled by diag(J^T J); stops when every |step| <= xtol or the cost falls by
+    less than ftol of itself. Written out rather than scipy.optimize.least_squares because for six
+    parameters and ~5 evaluations scipy's per-call bookkeeping (SVDs, scaling, checks) cost ~40% of
+    the fit, and the fit is most of the morphology stage's time; on the Sersic benchmark it ends at
+    the same or a lower cost than scipy's 'trf' in every case compared.
+    """
+    p = np.clip(np.asarray(p0, dtype=np.float64), lo, hi)
+    r, jac = evaluate(p)
+    cost, nfev, damping = float(r @ r), 1, 1e-3
+    while nfev < max_nfev:
+        grad, hess = jac.T @ r, jac.T @ jac
+        diag = np.diag(np.maximum(np.diag(hess), 1e-12))
+        while nfev < max_nfev:
+            trial = np.clip(p - np.linalg.solve(hess + damping * diag, grad), lo, hi)
+            r_t, jac_t = evaluate(trial)
+            nfev += 1
+            cost_t = float(r_t @ r_t)
+            if cost_t <= cost:
+                break
+            damping *= 10.0
+        else:
+            break
+        step, gain = trial - p, cost - cost_t
+        p, r, jac, cost = trial, r_t, jac_t, cost_t
+        damping = max(damping / 10.0, 1e-7)
+        if np.all(np.abs(step) <= xtol) or gain <= ftol * cost:
+            return FitResult(p, cost, nfev, True)
+    return FitResult(p, cost, nfev, False)
+
+
 class SersicFitter:
-    """PSF-convolved elliptical Sersic model of one stamp, fitted with scipy least_squares.
+    """PSF-convolved elliptical Sersic model of one stamp, fitted by levenberg_marquardt.
 
     Free: centre (x0, y0), log r_e (circularised half-light radius), log n and the ellipticity
     (e1, e2) = e (cos 2phi, sin 2phi) with axis ratio q = (1 - e) / (1 + e). The flux
@@ -385,6 +434,7 @@ class SersicFitter:
 
     SUPERSAMPLE = 5
     CORE_SUPERSAMPLE = 15
+    XTOL = np.array([1e-4, 1e-4, 1e-4, 1e-4, 5e-5, 5e-5])  # converged steps in (x0, y0, log re, log n, e1, e2)
     SUPER_HALF = 2
 
     def __init__(self, psf: np.ndarray) -> None:
@@ -485,7 +535,7 @@ class SersicFitter:
 
     def fit(
         self, data: np.ndarray, weight: np.ndarray, x0g: int, y0g: int, p0: np.ndarray, bounds: tuple
-    ) -> optimize.OptimizeResult:
+    ) -> FitResult:
         """Fit p = (x0, y0, log re, log n, e1, e2) to the stamp `data` (pixel (0, 0) = image (x0g, y0g))
         with per-pixel weights 1/sigma (0 = masked); the model grid is the stamp padded by the PSF
         half-size so that light from outside the stamp is convolved in."""
@@ -495,26 +545,29 @@ class SersicFitter:
         sel = weight > 0
         wts = weight[sel]
         wd = data[sel] * wts
-        cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
         def evaluate(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            key = p.tobytes()
-            if key not in cache:
-                cache.clear()
-                stack = self.model(p, x0g - px, y0g - py, shape)[:, py : py + sh, px : px + sw][:, sel].astype(np.float64) * wts
-                m = stack[0]
-                mm = float(m @ m)
-                flux = float(m @ wd) / mm  # the linear parameter, solved exactly
-                r = flux * m - wd
-                jac = flux * stack[1:].T
-                jac -= np.outer(m, (m @ jac) / mm)  # Kaufman's variable-projection Jacobian
-                cache[key] = (r, jac)
-            return cache[key]
+            stack = self.model(p, x0g - px, y0g - py, shape)[:, py : py + sh, px : px + sw][:, sel].astype(np.float64) * wts
+            m = stack[0]
+            mm = float(m @ m)
+            flux = float(m @ wd) / mm  # the linear parameter, solved exactly
+            jac = flux * stack[1:].T
+            jac -= np.outer(m, (m @ jac) / mm)  # Kaufman's variable-projection Jacobian
+            return flux * m - wd, jac
 
-        return optimize.least_squares(
-            lambda p: evaluate(p)[0], p0, jac=lambda p: evaluate(p)[1], bounds=bounds, method="trf",
-            x_scale=np.array([0.1, 0.1, 0.1, 0.1, 0.05, 0.05]), xtol=1e-3, ftol=1e-4, max_nfev=60,
-        )
+        return levenberg_marquardt(evaluate, p0, bounds[0], bounds[1], self.XTOL)
+
+
+def sersic_fitter(psf: np.ndarray | None) -> SersicFitter:
+    """The fitter of a PSF image, shared by every band image with the same PSF (so its transforms
+    and radii are computed once per PSF, not once per image)."""
+    p = _prepare_psf(psf)
+    return _cached_fitter(p.shape, p.tobytes())
+
+
+@lru_cache(maxsize=32)
+def _cached_fitter(shape: tuple[int, int], data: bytes) -> SersicFitter:
+    return SersicFitter(np.frombuffer(data).reshape(shape).copy())  # sep needs a writable array
 
 
 def fit_sersic_index(
@@ -554,7 +607,7 @@ def fit_sersic_index(
         p0 = np.clip(p0, lo + 1e-6, hi - 1e-6)
         res = fitter.fit(stamp, weight, x0g, y0g, p0, (lo, hi))
         n = math.exp(res.x[3])
-        if not (res.status > 0 and math.isfinite(n)):
+        if not (res.converged and math.isfinite(n)):
             return n_conc, False, True
         at_bound = abs(res.x[3] - math.log(lo_n)) < 0.01 or abs(res.x[3] - math.log(hi_n)) < 0.01
         return n, at_bound, False
@@ -590,8 +643,7 @@ def measure_band(image: np.ndarray, psf: np.ndarray | None, *, fit_sersic: bool 
         row.update(values)
         row["blended_centre"] = bool(det.objects[i]["flag"] & sep.OBJ_MERGED)
         if fit_sersic:
-            fitter = SersicFitter(_prepare_psf(psf))
-            n, at_bound, failed = fit_sersic_index(det, i, corrected, flux_auto, fitter)
+            n, at_bound, failed = fit_sersic_index(det, i, corrected, flux_auto, sersic_fitter(psf))
             row.update(sersic_index=n, sersic_at_bound=at_bound, sersic_failed=failed)
         expected = [c for c in MEASUREMENT_COLUMNS if fit_sersic or c != "sersic_index"]
         if not all(math.isfinite(row[c]) for c in expected):
