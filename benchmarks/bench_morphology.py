@@ -123,7 +123,7 @@ def accuracy(per_n: int, workdir: Path) -> tuple[list[tuple], str]:
             times.append(time.perf_counter() - t)
             est[n].append(row["sersic_index"])
             flags[n].append(row["sersic_at_bound"] or row["sersic_failed"])
-    summarise("galaxiesml.morphology (sep + scipy fit)", est, 1000 * float(np.median(times)), flags)
+    summarise("galaxiesml.morphology (sep + Sersic fit)", est, 1000 * float(np.median(times)), flags)
 
     note = ""
     if SE_BINARY is None:
