@@ -24,7 +24,7 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pandas>=2.0", "google-cloud-storage>=2.14", "gcp-storage-emulator>=2024.0"],
+        "test": ["pytest>=8", "pandas>=2.0", "duckdb>=1.0", "google-cloud-storage>=2.14", "gcp-storage-emulator>=2024.0"],
         "gcp": [f"{BEAM.replace('==', '[gcp]==')}", "google-cloud-storage>=2.14"],
         "torch": ["torch>=2.1"],
     },

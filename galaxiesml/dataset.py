@@ -20,8 +20,12 @@ GALAXIES_DIR = "galaxies"
 
 
 def cube_type(value_type: pa.DataType, size: int, bands: int = len(BANDS)) -> pa.DataType:
-    """(bands, size, size) as nested fixed-size lists."""
-    return pa.list_(pa.list_(pa.list_(value_type, size), size), bands)
+    """(bands, size, size) as nested fixed-size lists of non-null elements (a pixel may be NaN, never
+    missing; non-null levels also make Parquet's nesting levels cheaper to decode)."""
+    t = value_type
+    for n in (size, size, bands):
+        t = pa.list_(pa.field("element", t, nullable=False), n)
+    return t
 
 
 def morphology_fields(bands: Sequence[str] = BANDS) -> list[pa.Field]:
@@ -52,12 +56,36 @@ PLANE_FIELDS = {
 
 
 def cube_array(cubes: np.ndarray, value_type: pa.DataType) -> pa.Array:
-    """(N, B, S, S) numpy -> Arrow nested fixed-size lists, without copying the pixels twice."""
+    """(N, B, S, S) numpy -> Arrow nested fixed-size lists (cube_type), without copying the pixels twice."""
     n, b, s, _ = cubes.shape
-    flat = pa.array(np.ascontiguousarray(cubes, dtype=value_type.to_pandas_dtype()).ravel(), value_type)
-    rows = pa.FixedSizeListArray.from_arrays(flat, s)
-    planes = pa.FixedSizeListArray.from_arrays(rows, s)
-    return pa.FixedSizeListArray.from_arrays(planes, b)
+    array: pa.Array = pa.array(np.ascontiguousarray(cubes, dtype=value_type.to_pandas_dtype()).ravel(), value_type)
+    for k in (s, s, b):
+        array = pa.FixedSizeListArray.from_arrays(array, type=pa.list_(pa.field("element", array.type, nullable=False), k))
+    return array
+
+
+#: Pixel columns: noise-dominated floats that neither a dictionary nor snappy shrinks; both only slow
+#: every reader down (the HDF5 consolidation ~2x), so these are stored plain and uncompressed.
+PIXEL_COLUMNS = ("image", "image_64", "variance")
+
+
+def _leaf_path(field: pa.Field) -> str:
+    """The Parquet column path of a field's values, e.g. image.list.element.list.element.list.element."""
+    path, t = field.name, field.type
+    while pa.types.is_list(t) or pa.types.is_fixed_size_list(t):
+        path, t = path + ".list.element", t.value_type
+    return path
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """pq.write_table / pq.ParquetWriter options for galaxy shards: PIXEL_COLUMNS plain and
+    uncompressed, everything else dictionary-encoded where it pays and snappy-compressed."""
+    pixels = {_leaf_path(f) for f in schema if f.name in PIXEL_COLUMNS}
+    leaves = [_leaf_path(f) for f in schema]
+    return {
+        "compression": {leaf: "none" if leaf in pixels else "snappy" for leaf in leaves},
+        "use_dictionary": [leaf for leaf in leaves if leaf not in pixels],
+    }
 
 
 def cube_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:

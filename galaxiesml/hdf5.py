@@ -148,11 +148,14 @@ def plan(parquet_paths: Sequence[str], columns: Sequence[str] = TABULAR_COLUMNS)
     return Layout(paths, [rank[a:b] for a, b in zip(bounds[:-1], bounds[1:])], lengths)
 
 
-def _batches(layout: Layout, columns: Sequence[str], batch_rows: int) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
-    """(target rows, record batch) over every shard, in shard order."""
+def _batches(
+    layout: Layout, columns: Sequence[str], batch_rows: int, threads: bool = False
+) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+    """(target rows, record batch) over every shard, in shard order; `threads` decodes the columns
+    in parallel on Arrow's CPU pool."""
     for path, positions in zip(layout.paths, layout.positions):
         start = 0
-        for batch in _open_parquet(path).iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False):
+        for batch in _open_parquet(path).iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=threads):
             yield positions[start : start + batch.num_rows], batch
             start += batch.num_rows
 
@@ -248,7 +251,7 @@ def _write_images(h5: h5py.File, layout: Layout, size: int, compression: str | N
     flags = h5.create_dataset("image_flags", dtype=np.uint8, **options)
     decoded = (
         (rows, cube_numpy(batch.column(IMAGE_COLUMN[size])), central_crop(cube_numpy(batch.column("image_flags")), size))
-        for rows, batch in _batches(layout, [IMAGE_COLUMN[size], "image_flags"], batch_rows)
+        for rows, batch in _batches(layout, [IMAGE_COLUMN[size], "image_flags"], batch_rows, threads=True)
     )
     for rows, cubes, flag_cubes in prefetch(decoded):
         for j, row in enumerate(rows):

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from galaxiesml.cutouts import SIZE
-from galaxiesml.dataset import GALAXIES_DIR, records_to_table
+from galaxiesml.dataset import GALAXIES_DIR, parquet_options, records_to_table
 from galaxiesml.morphology import COLUMN_DTYPES, BAND_COLUMNS
 from galaxiesml.schema import BANDS
 
@@ -69,7 +69,7 @@ def write_shards(root: Path, counts: dict[str, int], shards: int = 3, seed: int 
             for g, group in enumerate(np.array_split(part, max(1, -(-len(part) // ROW_GROUP_ROWS)))):
                 table = records_to_table(records(group, split, rng))
                 if g == 0:
-                    writer = pq.ParquetWriter(path, table.schema)
+                    writer = pq.ParquetWriter(path, table.schema, **parquet_options(table.schema))
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             writer.close()
             paths[split].append(str(path))

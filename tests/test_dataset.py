@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import io
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, records_to_table
+from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, parquet_options, records_to_table
 from galaxiesml.morphology import BAND_COLUMNS, COLUMN_DTYPES
 from galaxiesml.schema import BANDS
 from tests.catalog_rows import GOOD
@@ -52,3 +54,24 @@ def test_kept_planes_become_columns():
     table = records_to_table(records)
     assert np.array_equal(cube_numpy(table.column("hsc_mask")), np.stack([r["hsc_mask"] for r in records]))
     assert np.array_equal(cube_numpy(table.column("variance")), np.stack([r["variance"] for r in records]))
+
+
+def test_shards_store_pixels_plain_and_duckdb_reads_them_as_arrays(tmp_path):
+    """Shards as the pipeline writes them: pixels neither dictionary-encoded nor compressed (both
+    only slow readers down), everything else compressed; DuckDB reads the cubes as nested arrays."""
+    records = [record(i) for i in range(3)]
+    table = records_to_table(records)
+    path = tmp_path / "part.parquet"
+    pq.write_table(table, path, **parquet_options(table.schema))
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    columns = {meta.column(i).path_in_schema.split(".")[0]: meta.column(i) for i in range(meta.num_columns)}
+    for name in ("image", "image_64"):
+        assert columns[name].compression == "UNCOMPRESSED" and "RLE_DICTIONARY" not in columns[name].encodings
+    assert columns["image_flags"].compression == "SNAPPY" and columns["specz_redshift"].compression == "SNAPPY"
+    rows = duckdb.connect().execute(
+        f"select object_id, image[2][10][20], image_64[5][1][64], len(image), len(image[1]), len(image[1][1]) "
+        f"from read_parquet('{path}') order by object_id"
+    ).fetchall()
+    for r, (object_id, a, b, *shape) in zip(records, rows):
+        assert object_id == r["row"]["object_id"] and shape == [5, 127, 127]
+        assert a == pytest.approx(float(r["image"][1, 9, 19])) and b == pytest.approx(float(r["image"][4, 31, 94]))

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows
 
-from galaxiesml.dataset import GALAXIES_DIR, records_to_table
+from galaxiesml.dataset import GALAXIES_DIR, parquet_options, records_to_table
 
 def split_dir(output: str, split: str) -> str:
     return FileSystems.join(output, GALAXIES_DIR, split)
@@ -33,7 +33,7 @@ class _WriteShards(beam.DoFn):
         table = records_to_table(records).sort_by("object_id")
         path = FileSystems.join(split_dir(self.output, split), "_tmp", f"{uuid.uuid4().hex}.parquet")
         with FileSystems.create(path) as f:
-            pq.write_table(table, f, row_group_size=64)
+            pq.write_table(table, f, row_group_size=64, **parquet_options(table.schema))
         return split, (table.column("object_id")[0].as_py(), path, table.num_rows)
 
     def process(self, record: dict):
