@@ -2,8 +2,10 @@
 and named presets that set a group of them."""
 from __future__ import annotations
 
+import os
+
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from galaxiesml.catalog import DEFAULT_BATCH_ROWS
 from galaxiesml.cuts import SampleCuts
@@ -94,6 +96,22 @@ def sample_cuts(opts: "GalaxiesMLOptions") -> SampleCuts:
     )
 
 
+#: Concurrent requests the HSC service allows one account, over all of a job's workers.
+HSC_ACCOUNT_STREAMS = 2
+
+
+def stream_limit(opts: "GalaxiesMLOptions") -> int:
+    """Concurrent cutout requests per worker process: --max_streams, or by default the account's
+    limit shared among DirectRunner's worker processes (other runners: set it, see the README)."""
+    if opts.max_streams:
+        return opts.max_streams
+    direct = opts.view_as(DirectOptions)
+    workers = 1
+    if direct.direct_running_mode == "multi_processing":
+        workers = direct.direct_num_workers or os.cpu_count() or 1
+    return max(1, HSC_ACCOUNT_STREAMS // workers)
+
+
 def cutout_config(opts: "GalaxiesMLOptions"):
     """The cutout stage's settings from the options (a transforms.fetch_cutouts.CutoutConfig)."""
     from transforms.fetch_cutouts import CutoutConfig  # the image libraries load only when used
@@ -109,7 +127,7 @@ def cutout_config(opts: "GalaxiesMLOptions"):
         half_width=opts.cutout_half_width,
         planes=planes,
         cache="" if cache == "none" else cache,
-        max_streams=opts.max_streams,
+        max_streams=stream_limit(opts),
         galaxies_per_request=opts.galaxies_per_request,
     )
 
@@ -186,9 +204,9 @@ class GalaxiesMLOptions(PipelineOptions):
         images.add_argument(
             "--max_streams",
             type=int,
-            default=2,
+            default=0,
             help="concurrent requests per worker process (the HSC service allows 2 per account in all: "
-            "keep workers x max_streams <= 2)",
+            "keep workers x max_streams <= 2); default 2 divided among DirectRunner's worker processes",
         )
         images.add_argument(
             "--galaxies_per_request", type=int, default=GALAXIES_PER_REQUEST, help="galaxies per cutout request (<= 198)"

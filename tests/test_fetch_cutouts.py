@@ -252,3 +252,20 @@ def test_local_patch_source_gives_the_service_pixels(sky, kept, render_cache, tm
         # the stand-in renders a patch and a cutout as separate GalSim draws: equal to float32 rounding
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max())
         assert np.array_equal(a == 0, b == 0)
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], 2),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 1),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=4"], 1),
+        (["--direct_running_mode=multi_processing", "--direct_num_workers=2", "--max_streams=2"], 2),
+        (["--max_streams=1"], 1),
+    ],
+)
+def test_default_stream_limit_shares_the_account_among_direct_workers(flags, expected):
+    from pipeline.options import GalaxiesMLOptions, cutout_config
+
+    opts = GalaxiesMLOptions(["--catalog", "c.csv", "--output", "out", *flags])
+    assert cutout_config(opts).max_streams == expected
