@@ -11,20 +11,24 @@ Measured, each run in a fresh process (benchmarks/measure.py), alternating 1 and
 - `throughput`: `--mini_size` --throughput_galaxies of the catalog, the full build with the Sersic
   fit; and the same build with `--cutout_source none` (the catalog stages and Beam's start-up
   alone), to separate the images + morphology part.
-- `memory`: every kept galaxy (about --sky_galaxies), `--no_sersic` to fit the time budget (the fit
-  changes CPU, not what is held in memory), peak RSS of the launching process (which is the worker
-  on 1 worker) and of the largest worker process (2 workers).
+- `memory` (results/scaling_memory.md): full builds of skies of each --memory_galaxies size on 2
+  workers, `--no_sersic` to fit the time budget (the fit changes CPU, not what is held in memory),
+  peak RSS of the launching process and of the largest worker process. A 20,000-galaxy sky takes
+  ~50 min to pre-render, so these runs' stand-in answers every position from a pool of
+  --pool_positions pre-rendered galaxies (benchmarks/standin.py PoolCache).
 
 Workers x --max_streams = 2, the HSC account's limit (1 worker: 2 streams; 2 workers: 1 each).
-Every run fetches (--cutout_cache none). Writes benchmarks/results/scaling.md.
+Every run fetches (--cutout_cache none). Writes benchmarks/results/scaling.md and scaling_memory.md.
 
     .venv/bin/python -m benchmarks.bench_scaling [--sky_galaxies 2000] [--throughput_galaxies 400]
+        [--skip_memory | --skip_throughput] [--memory_galaxies 2000 20000]
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import glob
+import json
 import os
 import platform
 import resource
@@ -35,7 +39,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchmarks.measure import measure
-from benchmarks.standin import BENCH_CREDENTIALS, ServerProcess, cache_files, prerender_cache, request_keys
+from benchmarks.standin import (
+    BENCH_CREDENTIALS, POOL_INDEX, ServerProcess, build_pool, cache_files, prerender_cache, request_keys,
+)
 from galaxiesml.hsc.format import HALF_WIDTH_127
 
 
@@ -68,6 +74,65 @@ def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str
     }
 
 
+def memory_runs(args) -> None:
+    """Peak memory of full builds (every kept galaxy, 2 workers, --no_sersic) of skies of each
+    --memory_galaxies size, served from a pool of pre-rendered cutouts (PoolCache) so that no sky
+    has to be rendered; writes --memory_out."""
+    from galaxiesml.sky import make_sky, write_sky
+
+    work = Path(args.work) / f"memory-seed-{args.seed}"
+    pool_dir = work / f"pool-{args.pool_positions}"
+    t0 = time.perf_counter()
+    if not (pool_dir / POOL_INDEX).exists():
+        sky, rows = make_sky(2000, args.seed)
+        positions = list(zip(rows.column("ra").to_pylist(), rows.column("dec").to_pylist()))[: 2 * args.pool_positions]
+        build_pool(sky, positions, HALF_WIDTH_127, pool_dir, args.pool_positions)
+    pool = len(json.loads((pool_dir / POOL_INDEX).read_text())["positions"])
+    setup_s = time.perf_counter() - t0
+    os.environ["HSC_SSP_CAS_USER"], os.environ["HSC_SSP_CAS_PASSWORD"] = BENCH_CREDENTIALS.user, BENCH_CREDENTIALS.password
+    rows_out, loads = [], []
+    for size in sorted(args.memory_galaxies):
+        sky, rows = make_sky(size, args.seed)
+        catalog = str(write_sky(sky, rows, work / f"input-{size}")["catalog"])
+        del sky, rows
+        with ServerProcess(size, args.seed, pool_dir, work / f"server-{size}.log", pool=True) as server:
+            res = measure("benchmarks.bench_scaling:run_build", catalog, str(work / f"out-{size}"), server.url, 2,
+                          ["--cutout_source", "service", "--no_sersic"])["result"]
+        loads.append(os.getloadavg()[0])
+        shutil.rmtree(work / f"out-{size}", ignore_errors=True)
+        rows_out.append((size, res))
+        print(f"memory {size}: {res['seconds']:.0f} s, kept {res['kept']}, failed {res['failed']}, "
+              f"launcher {res['launcher_peak_mb']:.0f} MB, worker {res['worker_peak_mb']:.0f} MB", flush=True)
+    (small, r0), (big, r1) = rows_out[0], rows_out[-1]
+    lines = [
+        "# Peak memory per worker at two sample sizes (issue 7)",
+        "",
+        f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, Beam 2.77; load average after each run {', '.join(f'{x:.1f}' for x in loads)}.",
+        "",
+        f"Command: `.venv/bin/python -m benchmarks.bench_scaling --skip_throughput --memory_galaxies "
+        f"{' '.join(map(str, args.memory_galaxies))} --pool_positions {args.pool_positions} --seed {args.seed}` "
+        f"(pool set-up {setup_s:.0f} s).",
+        "",
+        "Full builds of synthetic skies (every kept galaxy, 127 x 127 cutouts, morphology `--no_sersic`: the fit changes "
+        "CPU, not what is held), DirectRunner multi_processing with 2 workers, no cutout cache. The das_cutout stand-in "
+        f"runs in its own process and answers every position from a pool of {pool} pre-rendered galaxies "
+        "(`benchmarks/standin.py` PoolCache: the pool galaxy picked by a hash of the position, its WCS moved onto "
+        "the requested position), so no sky has to be rendered and serving costs little CPU.",
+        "",
+        "| sky galaxies | kept (with images) | failed | wall s | galaxies/s | launcher peak MB | largest worker peak MB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(f"| {size:,} | {r['kept']:,} | {r['failed']:,} | {r['seconds']:.0f} | {r['kept'] / r['seconds']:.1f} | "
+          f"{r['launcher_peak_mb']:.0f} | {r['worker_peak_mb']:.0f} |" for size, r in rows_out),
+        "",
+        f"From {small:,} to {big:,}: worker peak {r1['worker_peak_mb'] / r0['worker_peak_mb'] - 1:+.1%}, "
+        f"launcher peak {r1['launcher_peak_mb'] / r0['launcher_peak_mb'] - 1:+.1%}.",
+        "",
+    ]
+    Path(args.memory_out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sky_galaxies", type=int, default=2000, help="galaxies in the sky (the memory run builds all)")
@@ -77,10 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--galaxies_per_request", type=int, default=198,
                    help="galaxies per cutout request in the throughput runs (fewer: more request batches to spread)")
     p.add_argument("--skip_memory", action="store_true")
+    p.add_argument("--skip_throughput", action="store_true")
+    p.add_argument("--memory_galaxies", type=int, nargs="+", default=[2000, 20000],
+                   help="sky sizes of the memory runs (every kept galaxy built, 2 workers)")
+    p.add_argument("--pool_positions", type=int, default=300, help="distinct galaxies the memory runs' stand-in serves")
+    p.add_argument("--memory_out", default=str(Path(__file__).parent / "results" / "scaling_memory.md"))
     p.add_argument("--append", action="store_true", help="append the throughput table to --out instead of writing it")
     p.add_argument("--work", default="/tmp/galaxiesml-bench")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scaling.md"))
     args = p.parse_args(argv)
+    if not args.skip_memory:
+        memory_runs(args)
+    if args.skip_throughput:
+        return 0
     session_t0 = time.perf_counter()
 
     from galaxiesml.sky import make_sky, write_sky
@@ -106,9 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         for workers in (1, 2):
             plan.append(("full", workers, [*mini, "--cutout_source", "service"]))
             plan.append(("catalog", workers, [*mini, "--cutout_source", "none"]))
-    if not args.skip_memory:
-        for workers in (1, 2):
-            plan.append(("memory", workers, ["--cutout_source", "service", "--no_sersic"]))
     results: dict[tuple[str, int], list[dict]] = {}
     loads = []
     measured_t0 = time.perf_counter()
@@ -175,20 +246,6 @@ def main(argv: list[str] | None = None) -> int:
         f"**2 workers / 1 worker: {s1:.2f}x end to end, {i1 / i2:.2f}x for images + morphology** (target >= 1.7x).",
         "",
     ]
-    if not args.skip_memory:
-        m1, m2 = best[("memory", 1)], best[("memory", 2)]
-        lines += [
-            f"## Peak memory: every kept galaxy ({m1['kept']:,}), `--no_sersic`",
-            "",
-            "| workers | wall s | galaxies/s | launcher peak MB | largest worker process peak MB |",
-            "| ---: | ---: | ---: | ---: | ---: |",
-            f"| 1 | {m1['seconds']:.1f} | {m1['kept'] / m1['seconds']:.2f} | {m1['launcher_peak_mb']:.0f} | (in the launcher) |",
-            f"| 2 | {m2['seconds']:.1f} | {m2['kept'] / m2['seconds']:.2f} | {m2['launcher_peak_mb']:.0f} | {m2['worker_peak_mb']:.0f} |",
-            "",
-            f"Compare the throughput runs' peaks at {n} galaxies above: what grows with the sample is what a "
-            "worker holds beyond its bundle.",
-            "",
-        ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.append and out.exists():
