@@ -79,10 +79,12 @@ def failed_record(row: dict, stage: str, reason: str, detail: str) -> dict:
 
 
 def request_batches(table: pa.Table, size: int = GALAXIES_PER_REQUEST) -> Iterator[list[dict]]:
-    """Kept rows as lists of at most `size` row dicts: one cutout request each."""
+    """Kept rows as lists of at most `size` row dicts, one cutout request each, as few as that
+    allows and of near-equal length (no small leftover request: workers get even shares)."""
     rows = table.to_pylist()
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
+    count = -(-len(rows) // size)
+    for k in range(count):
+        yield rows[k * len(rows) // count : (k + 1) * len(rows) // count]
 
 
 class _FetchBatch(beam.DoFn):
