@@ -391,10 +391,12 @@ def levenberg_marquardt(
 
     Marquardt's damping scaled by diag(J^T J); stops when every |step| <= xtol or the cost falls by
     less than ftol of itself (1e-3: for a stamp of ~1,500 pixels a last gain under ~1.5 in chi^2;
-    1e-4 took one more evaluation per fit and changed no bias or scatter on the accuracy benchmark). Written out rather than scipy.optimize.least_squares because for six
-    parameters and ~5 evaluations scipy's per-call bookkeeping (SVDs, scaling, checks) cost ~40% of
-    the fit, and the fit is most of the morphology stage's time; on the Sersic benchmark it ends at
-    the same or a lower cost than scipy's 'trf' in every case compared.
+    1e-4 took one more evaluation per fit and changed no bias or scatter on the accuracy benchmark).
+
+    Written out rather than scipy.optimize.least_squares because for six parameters and ~5
+    evaluations scipy's per-call bookkeeping (SVDs, scaling, checks) cost ~40% of the fit, and the
+    fit is most of the morphology stage's time; on the Sersic benchmark it ends at the same or a
+    lower cost than scipy's 'trf' in every case compared.
     """
     p = np.clip(np.asarray(p0, dtype=np.float64), lo, hi)
     r, jac = evaluate(p)
