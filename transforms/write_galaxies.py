@@ -1,9 +1,11 @@
 """Stage 8 (paper section 3.5): the galaxies with their images as sharded Parquet, per split.
 
-Each worker writes a shard whenever it holds `per_shard` galaxies of a split (and at the end of a
-bundle) under a temporary name, and emits the name. After a GroupByKey on the split (a barrier:
+Each worker streams the galaxies of a split into an open shard under a temporary name, one Parquet
+row group (ROW_GROUP galaxies, sorted by object_id) at a time, so that it holds at most a row group
+per split in memory whatever the shard size; at `per_shard` galaxies (and at the end of a bundle)
+the shard is closed and its name emitted. After a GroupByKey on the split (a barrier:
 every shard of the split is written), the emitted shards — and only those, so a retried bundle's
-leftovers are dropped — are renamed part-SSSSS-of-NNNNN.parquet in order of their first object_id.
+leftovers are dropped — are renamed part-SSSSS-of-NNNNN.parquet in order of their smallest object_id.
 """
 from __future__ import annotations
 
@@ -16,8 +18,48 @@ from apache_beam.transforms.window import GlobalWindows
 
 from galaxiesml.dataset import GALAXIES_DIR, parquet_options, records_to_table
 
+
 def split_dir(output: str, split: str) -> str:
     return FileSystems.join(output, GALAXIES_DIR, split)
+
+
+ROW_GROUP = 64  # galaxies per Parquet row group: ~26 MB of pixels
+
+
+class _Shard:
+    """One temporary shard being written: its open file and Parquet writer, the pending row group."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.rows = 0
+        self.first_id: int | None = None
+        self.pending: list[dict] = []
+        self._file = None
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, record: dict) -> None:
+        self.pending.append(record)
+        if len(self.pending) >= ROW_GROUP:
+            self._write()
+
+    def _write(self) -> None:
+        table = records_to_table(self.pending).sort_by("object_id")
+        self.pending = []
+        if self._writer is None:
+            self._file = FileSystems.create(self.path)
+            self._writer = pq.ParquetWriter(self._file, table.schema, **parquet_options(table.schema))
+        self._writer.write_table(table, row_group_size=ROW_GROUP)
+        first = table.column("object_id")[0].as_py()
+        self.first_id = first if self.first_id is None else min(self.first_id, first)
+        self.rows += table.num_rows
+
+    def close(self) -> tuple[int, str, int]:
+        """(smallest object_id, path, rows) of the finished shard."""
+        if self.pending:
+            self._write()
+        self._writer.close()
+        self._file.close()
+        return self.first_id, self.path, self.rows
 
 
 class _WriteShards(beam.DoFn):
@@ -26,25 +68,23 @@ class _WriteShards(beam.DoFn):
         self.per_shard = per_shard
 
     def start_bundle(self):
-        self._buffers: dict[str, list[dict]] = {}
+        self._shards: dict[str, _Shard] = {}
 
-    def _flush(self, split: str) -> tuple[str, tuple[int, str, int]]:
-        records = self._buffers.pop(split)
-        table = records_to_table(records).sort_by("object_id")
-        path = FileSystems.join(split_dir(self.output, split), "_tmp", f"{uuid.uuid4().hex}.parquet")
-        with FileSystems.create(path) as f:
-            pq.write_table(table, f, row_group_size=64, **parquet_options(table.schema))
-        return split, (table.column("object_id")[0].as_py(), path, table.num_rows)
+    def _close(self, split: str) -> tuple[str, tuple[int, str, int]]:
+        return split, self._shards.pop(split).close()
 
     def process(self, record: dict):
         split = record["row"]["split"]
-        self._buffers.setdefault(split, []).append(record)
-        if len(self._buffers[split]) >= self.per_shard:
-            yield self._flush(split)
+        shard = self._shards.get(split)
+        if shard is None:
+            shard = self._shards[split] = _Shard(FileSystems.join(split_dir(self.output, split), "_tmp", f"{uuid.uuid4().hex}.parquet"))
+        shard.add(record)
+        if shard.rows + len(shard.pending) >= self.per_shard:
+            yield self._close(split)
 
     def finish_bundle(self):
-        for split in list(self._buffers):
-            yield GlobalWindows.windowed_value(self._flush(split))
+        for split in list(self._shards):
+            yield GlobalWindows.windowed_value(self._close(split))
 
 
 def _finalize(element: tuple[str, list[tuple[int, str, int]]], output: str) -> tuple[str, list[str]]:
