@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     i2 = best[("full", 2)]["seconds"] - best[("catalog", 2)]["seconds"]
     batches = -(-n // args.galaxies_per_request)
     lines = [
-        "# End-to-end scaling on DirectRunner: 1 vs 2 workers, and memory per worker (issue 7)",
+        "# End-to-end scaling on DirectRunner: 1 vs 2 workers (issue 7; memory per worker: scaling_memory.md)",
         "",
         f"Run {started:%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Beam 2.77; "
         f"load average during the measurements {min(loads):.1f}-{max(loads):.1f} (the machine is shared with other "
