@@ -15,7 +15,7 @@ Measured, each run in a fresh process (benchmarks/measure.py), alternating 1 and
   workers, `--no_sersic` to fit the time budget (the fit changes CPU, not what is held in memory),
   peak RSS of the launching process and of the largest worker process. A 20,000-galaxy sky takes
   ~50 min to pre-render, so these runs' stand-in answers every position from a pool of
-  --pool_positions pre-rendered galaxies (benchmarks/standin.py PoolCache).
+  --pool_positions pre-rendered galaxies (PoolCache in galaxiesml/standins/cutout_service.py).
 
 Workers x --max_streams = 2, the HSC account's limit (1 worker: 2 streams; 2 workers: 1 each).
 Every run fetches (--cutout_cache none). Writes benchmarks/results/scaling.md and scaling_memory.md.
@@ -117,7 +117,7 @@ def memory_runs(args) -> None:
         "Full builds of synthetic skies (every kept galaxy, 127 x 127 cutouts, morphology `--no_sersic`: the fit changes "
         "CPU, not what is held), DirectRunner multi_processing with 2 workers, no cutout cache. The das_cutout stand-in "
         f"runs in its own process and answers every position from a pool of {pool} pre-rendered galaxies "
-        "(`benchmarks/standin.py` PoolCache: the pool galaxy picked by a hash of the position, its WCS moved onto "
+        "(`galaxiesml/standins/cutout_service.py` PoolCache: the pool galaxy picked by a hash of the position, its WCS moved onto "
         "the requested position), so no sky has to be rendered and serving costs little CPU.",
         "",
         "| sky galaxies | kept (with images) | failed | wall s | galaxies/s | launcher peak MB | largest worker peak MB |",

@@ -9,7 +9,6 @@ while a measurement runs (`rendered_while_serving` checks it from the cache's fi
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -17,17 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Iterable
-
-from astropy.io import fits
-from astropy.wcs import WCS
 
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.hsc.format import FALLBACK_FILTERS, FILTERS
 from galaxiesml.schema import BANDS
-from galaxiesml.standins.cutout_service import CutoutCache, CutoutKey, parse_half_size, prerender
+from galaxiesml.standins.cutout_service import POOL_INDEX, CutoutCache, CutoutKey, parse_half_size, prerender
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_CREDENTIALS = Credentials("bench", "bench-password-not-secret")
@@ -60,16 +55,15 @@ def cache_files(cache_dir: Path) -> int:
 
 
 class ServerProcess:
-    """`python -m galaxiesml.standins` over make_sky(galaxies, seed), answering from `cache_dir`.
+    """`python -m galaxiesml.standins` over make_sky(galaxies, seed), answering from `cache_dir` (a
+    CutoutCache, or with `pool` a pool that build_pool made).
     Use as a context manager; `url` is the das_cutout endpoint."""
 
     def __init__(self, galaxies: int, seed: int, cache_dir: Path, log_path: Path,
                  credentials: Credentials = BENCH_CREDENTIALS, max_streams: int = 2, pool: bool = False):
         common = ["--galaxies", str(galaxies), "--seed", str(seed), "--max-streams", str(max_streams)]
-        if pool:  # cache_dir is a pool (build_pool): any position answered from it
-            self.args = [sys.executable, "-m", "benchmarks.standin", *common, "--pool", str(cache_dir)]
-        else:
-            self.args = [sys.executable, "-m", "galaxiesml.standins", *common, "--cache-dir", str(cache_dir)]
+        # pool: cache_dir is a pool (build_pool) that answers any position
+        self.args = [sys.executable, "-m", "galaxiesml.standins", *common, "--pool" if pool else "--cache-dir", str(cache_dir)]
         self.env = dict(os.environ, HSC_SSP_CAS_USER=credentials.user, HSC_SSP_CAS_PASSWORD=credentials.password)
         self.log_path = Path(log_path)
         self.url = ""
@@ -102,10 +96,7 @@ class ServerProcess:
                 self.proc.wait()
 
 
-# --- a pool of pre-rendered cutouts for skies too large to pre-render -------------------------------
-POOL_INDEX = "pool.json"
-
-
+# --- a pool of pre-rendered cutouts for skies too large to pre-render (served by PoolCache) --------
 def build_pool(sky, positions: list[tuple[float, float]], half_width: float, pool_dir: Path, size: int) -> int:
     """Render every cutout the client can ask for at `positions` into `pool_dir` (a CutoutCache)
     and list in pool.json the first `size` that the g band covers; returns how many it lists."""
@@ -114,85 +105,3 @@ def build_pool(sky, positions: list[tuple[float, float]], half_width: float, poo
     covered = [(ra, dec) for ra, dec in positions if cache.get(request_keys([(ra, dec)], half_width)[0])[1]][:size]
     (Path(pool_dir) / POOL_INDEX).write_text(json.dumps({"half_width": half_width, "positions": covered}))
     return len(covered)
-
-
-class PoolCache(CutoutCache):
-    """Answers any position from the pool: the cutouts of the pool position picked by a hash of the
-    requested one, with the WCS moved so that the requested position falls where the pool's galaxy
-    was (CRVAL = requested ra, dec; CRPIX = the pool galaxy's pixel), which is all the client reads
-    to place the galaxy. Serving costs a copy and four 80-byte header cards per HDU, so a sky of any
-    size is served without rendering and without competing with the workers for the CPU."""
-
-    def __init__(self, pool_dir: str | Path):
-        super().__init__(pool_dir)
-        index = json.loads((Path(pool_dir) / POOL_INDEX).read_text())
-        self.positions = [tuple(p) for p in index["positions"]]
-        self._entries: dict[CutoutKey, tuple[bytes, list[tuple[int, bytes, float | None]]] | None] = {}
-
-    def _entry(self, pool_key: CutoutKey):
-        """(bytes, [(card offset, keyword, new CRPIX or None)]) of a pool cutout, or None without
-        coverage; memoised."""
-        if pool_key not in self._entries:
-            _, data = super().get(pool_key)
-            entry = None
-            if data:
-                cards = []
-                with fits.open(io.BytesIO(data)) as hdul:
-                    for i, hdu in enumerate(hdul):
-                        if "CRVAL1" not in hdu.header:
-                            continue
-                        x, y = WCS(hdu.header).world_to_pixel_values(pool_key.ra, pool_key.dec)
-                        info = hdul.fileinfo(i)
-                        start, stop = info["hdrLoc"], info["datLoc"]
-                        for off in range(start, stop, 80):
-                            word = data[off : off + 8].rstrip()
-                            if word in (b"CRVAL1", b"CRVAL2", b"CRPIX1", b"CRPIX2"):
-                                cards.append((off, word, {b"CRPIX1": float(x) + 1, b"CRPIX2": float(y) + 1}.get(word)))
-                entry = (data, cards)
-            self._entries[pool_key] = entry
-        return self._entries[pool_key]
-
-    def get(self, key: CutoutKey) -> tuple[bool, bytes | None]:
-        pick = zlib.crc32(f"{key.ra:.8f},{key.dec:.8f}".encode()) % len(self.positions)
-        ra0, dec0 = self.positions[pick]
-        entry = self._entry(key._replace(ra=float(f"{ra0:.8f}"), dec=float(f"{dec0:.8f}")))
-        if entry is None:
-            return True, None
-        data, cards = entry
-        out = bytearray(data)
-        for off, word, pixel in cards:
-            value = {b"CRVAL1": key.ra, b"CRVAL2": key.dec}.get(word, pixel)
-            out[off : off + 80] = fits.Card(word.decode(), value).image.encode()
-        return True, bytes(out)
-
-    def put(self, key: CutoutKey, data: bytes | None) -> None:
-        raise AssertionError("the pool answers every key; nothing is rendered while serving")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m benchmarks.standin --galaxies N --seed S --pool DIR`: the das_cutout stand-in over
-    make_sky(N, S), answering from the pool in DIR; prints its URL and serves until SIGTERM."""
-    import argparse
-    import threading
-
-    from galaxiesml.sky import make_sky
-    from galaxiesml.standins.cutout_service import CutoutServer, CutoutService
-
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--galaxies", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pool", required=True)
-    p.add_argument("--max-streams", type=int, default=2)
-    args = p.parse_args(argv)
-    sky, _ = make_sky(args.galaxies, args.seed)
-    service = CutoutService(sky, Credentials.from_env(), cache=PoolCache(args.pool), max_streams=args.max_streams)
-    with CutoutServer(service) as server:
-        print(f"das_cutout: {server.url}", flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        stop.wait()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

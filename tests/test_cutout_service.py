@@ -3,6 +3,7 @@ mapping, missing coverage, auth, 406, stream limit, and retrieval through inject
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -36,6 +37,8 @@ from galaxiesml.standins.cutout_service import (
     CutoutServer,
     CutoutService,
     ListFileError,
+    POOL_INDEX,
+    PoolCache,
     parse_half_size,
     parse_list_file,
     prerender,
@@ -332,3 +335,37 @@ def test_a_fault_on_every_request_never_passes_for_missing_coverage(sky_rows, ca
         assert statuses == {"failed"} and client.stats["requests"] == 3
     else:
         assert "failed" in statuses
+
+
+def test_pool_answers_any_position_with_a_pool_galaxy_moved_onto_it(tmp_path, sky_rows, cache, targets):
+    """PoolCache (for skies too large to render): any requested position gets the pixels of a pool
+    galaxy, picked by a hash of the position, with a WCS that puts the requested position where the
+    pool galaxy is."""
+    rows = [CutoutRow(t.object_id, t.ra, t.dec, "HSC-I", HALF) for t in targets[:40]]
+    keys = [k for k in (r.key for r in parse_list_file(list_file(rows), max_rows=len(rows))) if cache.get(k)[1]][:3]
+    pool_cache = CutoutCache(tmp_path)
+    for k in keys:
+        pool_cache.put(k, cache.get(k)[1])
+    (tmp_path / POOL_INDEX).write_text(json.dumps({"half_width": HALF, "positions": [[k.ra, k.dec] for k in keys]}))
+    pool = PoolCache(tmp_path)
+
+    def image_and_pixel(data: bytes, ra: float, dec: float):
+        with fits.open(io.BytesIO(data)) as hdul:
+            hdu = next(h for h in hdul if "CRVAL1" in h.header)
+            return hdu.data.copy(), WCS(hdu.header).world_to_pixel_values(ra, dec)
+
+    pool_images = [image_and_pixel(cache.get(k)[1], k.ra, k.dec) for k in keys]
+    picked = set()
+    for ra, dec in [(150.3, 2.4), (149.7, 1.9), (150.05, 2.21), (151.0, 3.0), (149.9, 2.05)]:
+        request = keys[0]._replace(ra=ra, dec=dec)
+        found, data = pool.get(request)
+        assert found and data is not None and pool.get(request) == (found, data)  # the same pick every time
+        image, (x, y) = image_and_pixel(data, ra, dec)
+        match = [k for k, (pixels, _) in enumerate(pool_images) if np.array_equal(pixels, image)]
+        assert len(match) == 1
+        x0, y0 = pool_images[match[0]][1]
+        assert (float(x), float(y)) == pytest.approx((float(x0), float(y0)), abs=1e-6)
+        picked.add(match[0])
+    assert len(picked) > 1
+    with pytest.raises(AssertionError):
+        pool.put(keys[0], b"")

@@ -13,7 +13,7 @@ from pathlib import Path
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from galaxiesml.sky import make_sky, write_sky
 from galaxiesml.standins.catalog_service import CatalogServer, CatalogService
-from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService
+from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService, PoolCache
 from galaxiesml.standins.faults import FAULT_KINDS, Faults
 
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slow-seconds", type=float, default=1.0)
     p.add_argument("--max-streams", type=int, default=2)
     p.add_argument("--cache-dir", help="keep rendered cutouts here (shared between runs)")
+    p.add_argument("--pool", help="answer every position from this pool of pre-rendered cutouts (PoolCache)")
     p.add_argument("--write-sky", help="also write truth.parquet and catalog.csv to this folder")
     p.add_argument("--user", help="stand-in account name (default: from the environment)")
     p.add_argument("--password", help="stand-in password (default: from the environment)")
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_sky:
         for what, path in write_sky(sky, rows, Path(args.write_sky)).items():
             print(f"{what} file: {path}", flush=True)
-    cache = CutoutCache(args.cache_dir)
+    cache = PoolCache(args.pool) if args.pool else CutoutCache(args.cache_dir)
     cutouts = CutoutServer(CutoutService(sky, creds, faults, cache, args.max_streams), args.host, args.port)
     catalog = CatalogServer(CatalogService(rows, creds, faults), args.host, args.catalog_port)
     with cutouts, catalog:

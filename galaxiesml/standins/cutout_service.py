@@ -14,17 +14,22 @@ import base64
 import hashlib
 import hmac
 import io
+import json
 import multiprocessing
 import re
 import tarfile
 import threading
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
 from typing import Iterable, NamedTuple
+
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.hsc.format import BAND_OF_FILTER, member_name
@@ -189,6 +194,64 @@ class CutoutCache:
         if self.directory is not None:
             return sum(1 for _ in self.directory.glob("*.fits"))
         return len(self._memory)
+
+
+POOL_INDEX = "pool.json"
+
+
+class PoolCache(CutoutCache):
+    """Answers any position from the pool: the cutouts of the pool position picked by a hash of the
+    requested one, with the WCS moved so that the requested position falls where the pool's galaxy
+    was (CRVAL = requested ra, dec; CRPIX = the pool galaxy's pixel), which is all the client reads
+    to place the galaxy. Serving costs a copy and four 80-byte header cards per HDU, so a sky of any
+    size is served without rendering and without competing with a benchmark's workers for the CPU.
+    The pool is a CutoutCache directory plus POOL_INDEX listing its positions and half width
+    (benchmarks/standin.py build_pool makes one)."""
+
+    def __init__(self, pool_dir: str | Path):
+        super().__init__(pool_dir)
+        index = json.loads((Path(pool_dir) / POOL_INDEX).read_text())
+        self.positions = [tuple(p) for p in index["positions"]]
+        self._entries: dict[CutoutKey, tuple[bytes, list[tuple[int, bytes, float | None]]] | None] = {}
+
+    def _entry(self, pool_key: CutoutKey):
+        """(bytes, [(card offset, keyword, new CRPIX or None)]) of a pool cutout, or None without
+        coverage; memoised."""
+        if pool_key not in self._entries:
+            _, data = super().get(pool_key)
+            entry = None
+            if data:
+                cards = []
+                with fits.open(io.BytesIO(data)) as hdul:
+                    for i, hdu in enumerate(hdul):
+                        if "CRVAL1" not in hdu.header:
+                            continue
+                        x, y = WCS(hdu.header).world_to_pixel_values(pool_key.ra, pool_key.dec)
+                        info = hdul.fileinfo(i)
+                        start, stop = info["hdrLoc"], info["datLoc"]
+                        for off in range(start, stop, 80):
+                            word = data[off : off + 8].rstrip()
+                            if word in (b"CRVAL1", b"CRVAL2", b"CRPIX1", b"CRPIX2"):
+                                cards.append((off, word, {b"CRPIX1": float(x) + 1, b"CRPIX2": float(y) + 1}.get(word)))
+                entry = (data, cards)
+            self._entries[pool_key] = entry
+        return self._entries[pool_key]
+
+    def get(self, key: CutoutKey) -> tuple[bool, bytes | None]:
+        pick = zlib.crc32(f"{key.ra:.8f},{key.dec:.8f}".encode()) % len(self.positions)
+        ra0, dec0 = self.positions[pick]
+        entry = self._entry(key._replace(ra=float(f"{ra0:.8f}"), dec=float(f"{dec0:.8f}")))
+        if entry is None:
+            return True, None
+        data, cards = entry
+        out = bytearray(data)
+        for off, word, pixel in cards:
+            value = {b"CRVAL1": key.ra, b"CRVAL2": key.dec}.get(word, pixel)
+            out[off : off + 80] = fits.Card(word.decode(), value).image.encode()
+        return True, bytes(out)
+
+    def put(self, key: CutoutKey, data: bytes | None) -> None:
+        raise AssertionError("the pool answers every key; nothing is rendered while serving")
 
 
 def render_fits(sky: Sky, key: CutoutKey) -> bytes | None:
