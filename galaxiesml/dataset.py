@@ -19,13 +19,15 @@ from galaxiesml.schema import BANDS, CATALOG_FIELDS, PROVENANCE_FIELDS
 GALAXIES_DIR = "galaxies"
 
 
+def _fixed_list(value_type: pa.DataType, size: int) -> pa.DataType:
+    """A fixed-size list of non-null elements (a pixel may be NaN, never missing; non-null levels
+    also make Parquet's nesting levels cheaper to decode)."""
+    return pa.list_(pa.field("element", value_type, nullable=False), size)
+
+
 def cube_type(value_type: pa.DataType, size: int, bands: int = len(BANDS)) -> pa.DataType:
-    """(bands, size, size) as nested fixed-size lists of non-null elements (a pixel may be NaN, never
-    missing; non-null levels also make Parquet's nesting levels cheaper to decode)."""
-    t = value_type
-    for n in (size, size, bands):
-        t = pa.list_(pa.field("element", t, nullable=False), n)
-    return t
+    """(bands, size, size) as nested fixed-size lists of non-null elements."""
+    return _fixed_list(_fixed_list(_fixed_list(value_type, size), size), bands)
 
 
 def morphology_fields(bands: Sequence[str] = BANDS) -> list[pa.Field]:
@@ -60,7 +62,7 @@ def cube_array(cubes: np.ndarray, value_type: pa.DataType) -> pa.Array:
     n, b, s, _ = cubes.shape
     array: pa.Array = pa.array(np.ascontiguousarray(cubes, dtype=value_type.to_pandas_dtype()).ravel(), value_type)
     for k in (s, s, b):
-        array = pa.FixedSizeListArray.from_arrays(array, type=pa.list_(pa.field("element", array.type, nullable=False), k))
+        array = pa.FixedSizeListArray.from_arrays(array, type=_fixed_list(array.type, k))
     return array
 
 
@@ -80,11 +82,10 @@ def _leaf_path(field: pa.Field) -> str:
 def parquet_options(schema: pa.Schema) -> dict:
     """pq.write_table / pq.ParquetWriter options for galaxy shards: PIXEL_COLUMNS plain and
     uncompressed, everything else dictionary-encoded where it pays and snappy-compressed."""
-    pixels = {_leaf_path(f) for f in schema if f.name in PIXEL_COLUMNS}
-    leaves = [_leaf_path(f) for f in schema]
+    plain = {_leaf_path(f): f.name in PIXEL_COLUMNS for f in schema}
     return {
-        "compression": {leaf: "none" if leaf in pixels else "snappy" for leaf in leaves},
-        "use_dictionary": [leaf for leaf in leaves if leaf not in pixels],
+        "compression": {leaf: "none" if is_pixel else "snappy" for leaf, is_pixel in plain.items()},
+        "use_dictionary": [leaf for leaf, is_pixel in plain.items() if not is_pixel],
     }
 
 

@@ -32,10 +32,15 @@ class _Shard:
     def __init__(self, path: str):
         self.path = path
         self.rows = 0
-        self.first_id: int | None = None
+        self.smallest_id: int | None = None
         self.pending: list[dict] = []
         self._file = None
         self._writer: pq.ParquetWriter | None = None
+
+    @property
+    def size(self) -> int:
+        """Galaxies in the shard, written or pending."""
+        return self.rows + len(self.pending)
 
     def add(self, record: dict) -> None:
         self.pending.append(record)
@@ -50,7 +55,7 @@ class _Shard:
             self._writer = pq.ParquetWriter(self._file, table.schema, **parquet_options(table.schema))
         self._writer.write_table(table, row_group_size=ROW_GROUP)
         first = table.column("object_id")[0].as_py()
-        self.first_id = first if self.first_id is None else min(self.first_id, first)
+        self.smallest_id = first if self.smallest_id is None else min(self.smallest_id, first)
         self.rows += table.num_rows
 
     def close(self) -> tuple[int, str, int]:
@@ -59,7 +64,7 @@ class _Shard:
             self._write()
         self._writer.close()
         self._file.close()
-        return self.first_id, self.path, self.rows
+        return self.smallest_id, self.path, self.rows
 
 
 class _WriteShards(beam.DoFn):
@@ -79,7 +84,7 @@ class _WriteShards(beam.DoFn):
         if shard is None:
             shard = self._shards[split] = _Shard(FileSystems.join(split_dir(self.output, split), "_tmp", f"{uuid.uuid4().hex}.parquet"))
         shard.add(record)
-        if shard.rows + len(shard.pending) >= self.per_shard:
+        if shard.size >= self.per_shard:
             yield self._close(split)
 
     def finish_bundle(self):
