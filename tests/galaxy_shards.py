@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from galaxiesml.cutouts import SIZE
+from galaxiesml.cutouts import NONFINITE, PADDED, SIZE
 from galaxiesml.dataset import GALAXIES_DIR, parquet_options, records_to_table
 from galaxiesml.morphology import COLUMN_DTYPES, BAND_COLUMNS
 from galaxiesml.schema import BANDS
@@ -18,11 +18,16 @@ ROW_GROUP_ROWS = 128
 
 
 def records(ids: np.ndarray, split: str, rng: np.random.Generator) -> list[dict]:
-    """Galaxy records for `ids` with random finite images and a few flagged pixels."""
+    """Galaxy records for `ids` with random finite images; one in ten has a padded strip, one in
+    thirteen a few non-finite pixels (as real cutouts: most have no flagged pixel)."""
     out = []
     for k, object_id in enumerate(ids.tolist()):
         image = rng.normal(0, 1, (len(BANDS), SIZE, SIZE)).astype(np.float32)
-        flags = (rng.random((len(BANDS), SIZE, SIZE)) < 0.01).astype(np.uint8)
+        flags = np.zeros((len(BANDS), SIZE, SIZE), np.uint8)
+        if k % 10 == 3:  # at a survey edge: a strip padded in every band
+            flags[:, :, : rng.integers(1, 40)] = PADDED
+        if k % 13 == 5:  # a few masked pixels in one band
+            flags[rng.integers(0, len(BANDS)), rng.integers(0, SIZE, 5), rng.integers(0, SIZE, 5)] |= NONFINITE
         morphology = {
             f"{b}_{c}": (bool(rng.random() < 0.1) if COLUMN_DTYPES[c] is np.bool_ else float(rng.gamma(2, 3)))
             for b in BANDS

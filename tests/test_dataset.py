@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, parquet_options, records_to_table
+from galaxiesml.cutouts import NONFINITE, PADDED
+from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, flags_array, parquet_options, records_to_table
 from galaxiesml.morphology import BAND_COLUMNS, COLUMN_DTYPES
 from galaxiesml.schema import BANDS
 from tests.catalog_rows import GOOD
@@ -75,3 +76,33 @@ def test_shards_store_pixels_plain_and_duckdb_reads_them_as_arrays(tmp_path):
     for r, (object_id, a, b, *shape) in zip(records, rows):
         assert object_id == r["row"]["object_id"] and shape == [5, 127, 127]
         assert a == pytest.approx(float(r["image"][1, 9, 19])) and b == pytest.approx(float(r["image"][4, 31, 94]))
+
+
+def test_image_flags_are_runs_that_come_back_as_cubes(tmp_path):
+    """Parquet keeps runs of flagged pixels along x, (band, y, x, length, flags); cube_numpy gives
+    back the dense cubes, for any slice of the column; SQL readers can count flagged pixels."""
+    flags = np.zeros((4, 5, 127, 127), np.uint8)
+    flags[1] = PADDED
+    flags[1, :, 4:123, 4:123] = 0  # the frame a 10" cutout leaves
+    flags[3, 2, 60, 7] = NONFINITE
+    flags[3, 0, 126, 120:] = PADDED
+    flags[3, 0, 126, 126] = PADDED | NONFINITE
+    column = flags_array(flags)
+    assert column.to_pylist()[0] == [] and len(column.to_pylist()[1]) == 5 * (8 + 2 * 119)
+    assert column.to_pylist()[3] == [
+        {"band": 0, "y": 126, "x": 120, "length": 6, "flags": PADDED},
+        {"band": 0, "y": 126, "x": 126, "length": 1, "flags": PADDED | NONFINITE},
+        {"band": 2, "y": 60, "x": 7, "length": 1, "flags": NONFINITE},
+    ]
+    assert np.array_equal(cube_numpy(column), flags)
+    assert np.array_equal(cube_numpy(column.slice(2, 2)), flags[2:])
+    records = [{**record(i), "flags": flags[i]} for i in range(4)]
+    table = records_to_table(records)
+    path = tmp_path / "part.parquet"
+    pq.write_table(table, path, **parquet_options(table.schema))
+    assert np.array_equal(cube_numpy(pq.read_table(path).column("image_flags")), flags)
+    counts = duckdb.connect().execute(
+        f"select object_id, coalesce(list_sum(list_transform(image_flags, lambda r: r.length)), 0) "
+        f"from read_parquet('{path}') order by object_id"
+    ).fetchall()
+    assert counts == [(i, int(np.count_nonzero(flags[i]))) for i in range(4)]
