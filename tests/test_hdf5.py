@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -20,7 +22,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from galaxiesml.cutouts import central_crop
 from galaxiesml.dataset import TABULAR_COLUMNS, cube_numpy
-from galaxiesml.hdf5 import consolidate, hdf5_name, release_attrs, write_split_csv
+from galaxiesml.hdf5 import consolidate, hdf5_name, ordered_parallel, release_attrs, write_split_csv
 from galaxiesml.schema import SPLITS
 from galaxiesml.verify import main as verify_main
 from galaxiesml.verify import verify
@@ -204,3 +206,39 @@ def test_verify_fails_with_a_clear_message(built, tmp_path, capsys, damage, mess
     assert any(message in p for p in report.problems), report.problems
     assert verify_main([str(broken)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_ordered_parallel_keeps_order_and_bounds_what_runs():
+    """Sources' items come out in order while at most `workers` sources run at once; an error in a
+    source reaches the consumer; closing early stops the threads."""
+    running, most = set(), [0]
+    lock = threading.Lock()
+
+    def source(k: int):
+        def items():
+            with lock:
+                running.add(k)
+                most[0] = max(most[0], len(running))
+            for j in range(5):
+                time.sleep(0.001)
+                yield (k, j)
+            with lock:
+                running.discard(k)
+        return items
+
+    got = list(ordered_parallel((source(k) for k in range(7)), workers=2, depth=2))
+    assert got == [(k, j) for k in range(7) for j in range(5)]
+    assert most[0] == 2
+
+    def broken():
+        yield "first"
+        raise ValueError("bad row group")
+
+    with pytest.raises(ValueError, match="bad row group"):
+        list(ordered_parallel([source(0), lambda: broken()]))
+
+    before = threading.active_count()
+    stream = ordered_parallel(source(k) for k in range(100))
+    assert next(stream) == (0, 0)
+    stream.close()
+    assert threading.active_count() == before
