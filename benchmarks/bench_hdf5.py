@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "",
             f"Peak memory change from {small:,} to {big:,} galaxies: " + ", ".join(growth) + ".",
-            "Targets: at least 0.7x the disk rate (127 x 127, uncompressed); peak memory within 10% between the sizes.",
+            "Targets (issue 6): at least 0.7x the disk rate, uncompressed (it does not name a size); peak memory within 10% between the sizes.",
             f"Command: `.venv/bin/python -m benchmarks.bench_hdf5 --galaxies {' '.join(map(str, args.galaxies))} --rounds {args.rounds}`",
         ]
     )
