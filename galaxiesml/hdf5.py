@@ -159,10 +159,15 @@ def _batches(layout: Layout, columns: Sequence[str], batch_rows: int) -> Iterato
     """(target rows, record batch) over every shard, in shard order, `batch_rows` at a time across
     row groups."""
     for path, positions in zip(layout.paths, layout.positions):
-        start = 0
-        for batch in _open_parquet(path).iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False):
-            yield positions[start : start + batch.num_rows], batch
-            start += batch.num_rows
+        yield from _with_rows(positions, _open_parquet(path).iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False))
+
+
+def _with_rows(rows: np.ndarray, batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
+    """Each batch with the target rows of its records, `rows` being those of all the batches in order."""
+    start = 0
+    for batch in batches:
+        yield rows[start : start + batch.num_rows], batch
+        start += batch.num_rows
 
 
 def _row_group_sources(layout: Layout, columns: Sequence[str], batch_rows: int) -> Iterator[Callable[[], Iterator]]:
@@ -182,10 +187,8 @@ def _row_group_batches(
 ) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
     """One row group's (target rows, record batch) pairs, through its own file handle (so that
     row groups can be read in parallel); its column chunks are then dropped from the page cache."""
-    start = 0
-    for batch in _open_parquet(path, metadata).iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns), use_threads=False):
-        yield rows[start : start + batch.num_rows], batch
-        start += batch.num_rows
+    shard = _open_parquet(path, metadata)
+    yield from _with_rows(rows, shard.iter_batches(batch_size=batch_rows, row_groups=[group], columns=list(columns), use_threads=False))
     _drop_from_cache(path, metadata.row_group(group), columns)
 
 
@@ -329,17 +332,19 @@ def _write_images(h5: h5py.File, layout: Layout, size: int, compression: str | N
         options.update(compression=compression, shuffle=True)
     image = h5.create_dataset("image", dtype=np.float32, **options)
     flags = h5.create_dataset("image_flags", dtype=np.uint8, **options)
-    def decoded(source: Callable[[], Iterator]) -> Callable[[], Iterator]:
-        return lambda: (
-            (rows, cube_numpy(batch.column(IMAGE_COLUMN[size])), central_crop(cube_numpy(batch.column("image_flags")), size))
-            for rows, batch in source()
-        )
-
     sources = _row_group_sources(layout, [IMAGE_COLUMN[size], "image_flags"], batch_rows)
-    for rows, cubes, flag_cubes in ordered_parallel(map(decoded, sources), workers=threads):
+    decoded = (functools.partial(_decoded_cubes, source, size) for source in sources)
+    for rows, cubes, flag_cubes in ordered_parallel(decoded, workers=threads):
         for j, row in enumerate(rows):
             _write_chunk(image, row, cubes[j], compression)
             _write_chunk(flags, row, flag_cubes[j], compression)
+
+
+def _decoded_cubes(source: Callable[[], Iterator], size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(target rows, image cubes, flag cubes) of one row group's batches, for `size` images (run
+    on a decoding thread)."""
+    for rows, batch in source():
+        yield rows, cube_numpy(batch.column(IMAGE_COLUMN[size])), central_crop(cube_numpy(batch.column("image_flags")), size)
 
 
 def _write_chunk(dataset: h5py.Dataset, row: int, cube: np.ndarray, compression: str | None) -> None:
