@@ -121,16 +121,21 @@ def flags_array(flags: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), runs, type=FLAGS_TYPE)
 
 
-def _flags_numpy(column: pa.ListArray, size: int = SIZE) -> np.ndarray:
-    """`image_flags` -> (N, B, size, size) uint8 cubes."""
+def flag_cubes(column: pa.ListArray, size: int = SIZE) -> np.ndarray:
+    """`image_flags` -> (N, B, size, size) uint8 cubes: the central size x size pixels of the
+    127 x 127 flags, as central_crop takes them (the runs are clipped, not a full cube cropped)."""
     cubes = np.zeros((len(column), len(BANDS), size, size), np.uint8)
     offsets = column.offsets.to_numpy()
     galaxy = np.repeat(np.arange(len(column)), np.diff(offsets))
     runs = column.values.slice(offsets[0], offsets[-1] - offsets[0]).flatten()
     band, y, x, length, value = (r.to_numpy().astype(np.int64) for r in runs)
-    first = ((galaxy * len(BANDS) + band) * size + y) * size + x
+    start = SIZE // 2 - size // 2
+    y, first, last = y - start, np.maximum(x - start, 0), np.minimum(x + length - start, size)
+    keep = (y >= 0) & (y < size) & (last > first)
+    galaxy, band, y, first, value, length = galaxy[keep], band[keep], y[keep], first[keep], value[keep], (last - first)[keep]
+    begin = ((galaxy * len(BANDS) + band) * size + y) * size + first
     within = np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
-    cubes.reshape(-1)[np.repeat(first, length) + within] = np.repeat(value, length)
+    cubes.reshape(-1)[np.repeat(begin, length) + within] = np.repeat(value, length)
     return cubes
 
 
@@ -139,7 +144,7 @@ def cube_numpy(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if column.type == FLAGS_TYPE:
-        return _flags_numpy(column)
+        return flag_cubes(column)
     b = column.type.list_size
     s = column.type.value_type.list_size
     flat = column.flatten().flatten().flatten().to_numpy(zero_copy_only=False)

@@ -37,8 +37,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from galaxiesml.cutouts import CROP, SIZE, central_crop
-from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy
+from galaxiesml.cutouts import CROP, SIZE
+from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, flag_cubes
 from galaxiesml.hsc.format import PIXEL_SCALE, ZERO_POINT
 from galaxiesml.schema import BANDS
 
@@ -334,26 +334,27 @@ def _write_images(h5: h5py.File, layout: Layout, size: int, compression: str | N
     flags = h5.create_dataset("image_flags", dtype=np.uint8, **options)
     sources = _row_group_sources(layout, [IMAGE_COLUMN[size], "image_flags"], batch_rows)
     decoded = (functools.partial(_decoded_cubes, source, size) for source in sources)
-    for rows, cubes, flag_cubes in ordered_parallel(decoded, workers=threads):
-        for j, row in enumerate(rows):
-            _write_chunk(image, row, cubes[j], compression)
-            _write_chunk(flags, row, flag_cubes[j], compression)
+    write_image, write_flags = _chunk_writer(image, compression), _chunk_writer(flags, compression)
+    for rows, images, flagged in ordered_parallel(decoded, workers=threads):
+        for j, row in enumerate(rows.tolist()):
+            write_image(row, images[j])
+            write_flags(row, flagged[j])
 
 
 def _decoded_cubes(source: Callable[[], Iterator], size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(target rows, image cubes, flag cubes) of one row group's batches, for `size` images (run
-    on a decoding thread)."""
+    """(target rows, image cubes, flag cubes) of one row group's batches, for `size` images, as
+    C-contiguous arrays of the datasets' dtypes (run on a decoding thread)."""
     for rows, batch in source():
-        yield rows, cube_numpy(batch.column(IMAGE_COLUMN[size])), central_crop(cube_numpy(batch.column("image_flags")), size)
+        yield rows, cube_numpy(batch.column(IMAGE_COLUMN[size])), flag_cubes(batch.column("image_flags"), size)
 
 
-def _write_chunk(dataset: h5py.Dataset, row: int, cube: np.ndarray, compression: str | None) -> None:
-    """One galaxy = one chunk: written as is when uncompressed (no selection, no conversion),
-    through HDF5's filter pipeline otherwise."""
+def _chunk_writer(dataset: h5py.Dataset, compression: str | None) -> Callable[[int, np.ndarray], None]:
+    """How one galaxy (one chunk) is written: as is when uncompressed (no selection, no conversion;
+    the cube must be C-contiguous and of the dataset's dtype), through HDF5's filter pipeline otherwise."""
     if compression:
-        dataset[row] = cube
-    else:
-        dataset.id.write_direct_chunk((int(row), 0, 0, 0), np.ascontiguousarray(cube, dtype=dataset.dtype))
+        return dataset.__setitem__
+    write = dataset.id.write_direct_chunk
+    return lambda row, cube: write((row, 0, 0, 0), cube)
 
 
 def use_jemalloc() -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from galaxiesml.cutouts import NONFINITE, PADDED
-from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, flags_array, parquet_options, records_to_table
+from galaxiesml.cutouts import NONFINITE, PADDED, central_crop
+from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, flag_cubes, flags_array, parquet_options, records_to_table
 from galaxiesml.morphology import BAND_COLUMNS, COLUMN_DTYPES
 from galaxiesml.schema import BANDS
 from tests.catalog_rows import GOOD
@@ -106,3 +106,20 @@ def test_image_flags_are_runs_that_come_back_as_cubes(tmp_path):
         f"from read_parquet('{path}') order by object_id"
     ).fetchall()
     assert counts == [(i, int(np.count_nonzero(flags[i]))) for i in range(4)]
+
+
+def test_flag_cubes_of_the_crop_match_the_cropped_cubes():
+    """The 64 x 64 files' flags come from the runs clipped to the central crop: the same pixels as
+    cropping the full cubes, for runs inside, outside and across the crop's edges."""
+    rng = np.random.default_rng(3)
+    flags = np.zeros((6, 5, 127, 127), np.uint8)
+    flags[0] = PADDED
+    flags[0, :, 4:123, 4:123] = 0
+    flags[1, :, :, :40] = PADDED  # across the left edge (x 31)
+    flags[2, 3, 20:100, 90:] = PADDED  # across the right and the top and bottom edges
+    flags[3, 1, 63, :] = NONFINITE  # one whole row through the crop
+    flags[4] = rng.choice([0, PADDED, NONFINITE, PADDED | NONFINITE], size=(5, 127, 127), p=[0.7, 0.1, 0.1, 0.1])
+    column = flags_array(flags)
+    for size in (127, 64, 1):
+        assert np.array_equal(flag_cubes(column, size), central_crop(flags, size)), size
+        assert np.array_equal(flag_cubes(column.slice(1, 3), size), central_crop(flags[1:4], size)), size
