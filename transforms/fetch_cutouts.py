@@ -6,6 +6,10 @@ in setup() and closed in teardown()) under a per-process cap on concurrent strea
 service answers 503 beyond 2 per account. A cache on any Beam filesystem keeps every fetched
 galaxy, so a rerun, or a run after a crash, fetches nothing it already has.
 
+Memory stays that of a few requests whatever the run's size: rows become dicts one request at a
+time, a galaxy's FITS bytes are dropped once decoded, its record once written, and what a batch
+freed is handed back to the OS after it (galaxiesml.memory).
+
 Outputs: one record per galaxy ({"row": catalog columns, "image", "flags", ...}) and "failed"
 records naming the galaxy's row, the stage and the reason.
 """
@@ -34,6 +38,7 @@ from galaxiesml.cutouts import (
 from galaxiesml.hsc.cutout_client import CutoutClient, GalaxyCutouts, Target
 from galaxiesml.hsc.format import GALAXIES_PER_REQUEST, PAPER_HALF_WIDTH, PDR2_CUTOUT_URL
 from galaxiesml.hsc.credentials import Credentials
+from galaxiesml.memory import release_free_memory
 from galaxiesml.schema import BANDS
 from transforms.metrics import increment
 
@@ -80,11 +85,14 @@ def failed_record(row: dict, stage: str, reason: str, detail: str) -> dict:
 
 def request_batches(table: pa.Table, size: int = GALAXIES_PER_REQUEST) -> Iterator[list[dict]]:
     """Kept rows as lists of at most `size` row dicts, one cutout request each, as few as that
-    allows and of near-equal length (no small leftover request: workers get even shares)."""
-    rows = table.to_pylist()
-    count = -(-len(rows) // size)
+    allows and of near-equal length (no small leftover request: workers get even shares). Rows
+    become Python dicts one request at a time: a whole catalog batch of dicts (~100 MB at 55,000
+    rows) left the worker that much larger for the rest of the run."""
+    n = table.num_rows
+    count = -(-n // size)
     for k in range(count):
-        yield rows[k * len(rows) // count : (k + 1) * len(rows) // count]
+        start = k * n // count
+        yield table.slice(start, (k + 1) * n // count - start).to_pylist()
 
 
 class _FetchBatch(beam.DoFn):
@@ -160,14 +168,20 @@ class _FetchBatch(beam.DoFn):
             if self._cache_dir and cacheable(g):
                 with FileSystems.create(FileSystems.join(self._cache_dir, cache_name(g.object_id))) as f:
                     f.write(pack_cutouts(g))
+        del fetched
         counts = {"cutouts.cached": len(rows) - len(to_fetch), "cutouts.fetched": len(to_fetch), "cutouts.retried": retries}
+        images = {}
+        for oid in list(cutouts):  # each galaxy's FITS bytes dropped once decoded: one copy of the batch held, not two
+            try:
+                images[oid] = galaxy_image(cutouts.pop(oid))
+            except CutoutError as exc:
+                images[oid] = exc
         out = []
         for row in rows:
-            try:
-                img = galaxy_image(cutouts[row["object_id"]])
-            except CutoutError as exc:
-                counts[f"failed.cutout.{exc.reason}"] = counts.get(f"failed.cutout.{exc.reason}", 0) + 1
-                out.append(beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", exc.reason, exc.detail)))
+            img = images[row["object_id"]]
+            if isinstance(img, CutoutError):
+                counts[f"failed.cutout.{img.reason}"] = counts.get(f"failed.cutout.{img.reason}", 0) + 1
+                out.append(beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", img.reason, img.detail)))
                 continue
             record = {"row": row, "image": img.image, "flags": img.flags, "filters": img.filters}
             if img.hsc_mask is not None:
@@ -178,10 +192,15 @@ class _FetchBatch(beam.DoFn):
         return out, counts
 
     @staticmethod
-    def _outputs(future: concurrent.futures.Future) -> list:
+    def _outputs(future: concurrent.futures.Future) -> Iterator:
+        """A finished batch's outputs, each let go once yielded (downstream writes and drops it),
+        so a batch's images leave memory as they are written rather than all at its end."""
         out, counts = future.result()
         increment(counts)
-        return out
+        out.reverse()
+        while out:
+            yield out.pop()
+        release_free_memory()
 
     def process(self, rows: list[dict]):
         self._pending.append(self._pool.submit(self._work, rows))

@@ -11,6 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml.catalog import DEFAULT_BATCH_ROWS, read_catalog
 from galaxiesml.funnel import count_by
+from galaxiesml.memory import release_free_memory
 from transforms.arrow import typed_outputs
 from transforms.metrics import increment
 
@@ -61,6 +62,7 @@ class _ParseCatalogFile(beam.DoFn):
                     yield rows
                 if rejected.num_rows:
                     yield beam.pvalue.TaggedOutput(REJECTED, rejected)
+        release_free_memory()  # what parsing a file (and the steps fused after it) freed
 
 
 class ReadCatalog(beam.PTransform):
