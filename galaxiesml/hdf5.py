@@ -95,8 +95,13 @@ def _open_parquet(path: str, metadata: pq.FileMetaData | None = None) -> pq.Parq
     """A Parquet shard on any filesystem Beam knows (local, gs://, ...), read page by page through
     a READ_BUFFER_BYTES buffer rather than a whole ~64 MB column chunk at a time (less memory);
     `metadata`, when given, saves reading the footer again."""
-    source = path if os.path.exists(path) else FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    source = path if _is_local(path) else FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
     return pq.ParquetFile(source, metadata=metadata, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+
+
+def _is_local(path: str) -> bool:
+    """Whether `path` is a file of this machine (read directly) rather than a Beam filesystem URL."""
+    return os.path.exists(path)
 
 
 def _kind(t: pa.DataType) -> str:
@@ -117,11 +122,13 @@ def _kind(t: pa.DataType) -> str:
 @dataclass
 class Layout:
     """Where every row goes: `positions[k]` gives the sorted-by-object_id row of each row of shard
-    k, in shard order; `string_lengths` the byte width of each string column."""
+    k, in shard order; `string_lengths` the byte width of each string column; `metadata` each
+    shard's footer, read once here for every later pass (on gs:// each read is a request)."""
 
     paths: list[str]
     positions: list[np.ndarray]
     string_lengths: dict[str, int]
+    metadata: list[pq.FileMetaData]
 
     @property
     def n(self) -> int:
@@ -132,10 +139,11 @@ def plan(parquet_paths: Sequence[str], columns: Sequence[str] = TABULAR_COLUMNS)
     """First pass: read only object_id and the string columns, sort, check ids are unique."""
     paths = sorted(parquet_paths)
     strings = [c for c in columns if _kind(GALAXY_SCHEMA.field(c).type) == "bytes"]
-    ids, lengths = [], {c: 1 for c in strings}
+    ids, lengths, footers = [], {c: 1 for c in strings}, []
     for path in paths:
-        shard = []
-        for batch in _open_parquet(path).iter_batches(batch_size=TABULAR_BATCH_ROWS, columns=["object_id", *strings]):
+        shard, parquet = [], _open_parquet(path)
+        footers.append(parquet.metadata)
+        for batch in parquet.iter_batches(batch_size=TABULAR_BATCH_ROWS, columns=["object_id", *strings]):
             shard.append(batch.column("object_id").to_numpy(zero_copy_only=False).astype(np.int64))
             for c in strings:
                 col = batch.column(c)
@@ -152,14 +160,14 @@ def plan(parquet_paths: Sequence[str], columns: Sequence[str] = TABULAR_COLUMNS)
     rank = np.empty(len(all_ids), np.int64)
     rank[order] = np.arange(len(all_ids))
     bounds = np.cumsum([0, *(len(i) for i in ids)])
-    return Layout(paths, [rank[a:b] for a, b in zip(bounds[:-1], bounds[1:])], lengths)
+    return Layout(paths, [rank[a:b] for a, b in zip(bounds[:-1], bounds[1:])], lengths, footers)
 
 
 def _batches(layout: Layout, columns: Sequence[str], batch_rows: int) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
     """(target rows, record batch) over every shard, in shard order, `batch_rows` at a time across
     row groups."""
-    for path, positions in zip(layout.paths, layout.positions):
-        yield from _with_rows(positions, _open_parquet(path).iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False))
+    for path, positions, metadata in zip(layout.paths, layout.positions, layout.metadata):
+        yield from _with_rows(positions, _open_parquet(path, metadata).iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False))
 
 
 def _with_rows(rows: np.ndarray, batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[np.ndarray, pa.RecordBatch]]:
@@ -173,8 +181,7 @@ def _with_rows(rows: np.ndarray, batches: Iterable[pa.RecordBatch]) -> Iterator[
 def _row_group_sources(layout: Layout, columns: Sequence[str], batch_rows: int) -> Iterator[Callable[[], Iterator]]:
     """One source per row group of every shard, in shard order: a callable streaming that row
     group's (target rows, record batch) pairs, `batch_rows` at a time."""
-    for path, positions in zip(layout.paths, layout.positions):
-        metadata = _open_parquet(path).metadata
+    for path, positions, metadata in zip(layout.paths, layout.positions, layout.metadata):
         start = 0
         for group in range(metadata.num_row_groups):
             rows = positions[start : start + metadata.row_group(group).num_rows]
@@ -198,7 +205,7 @@ def _drop_from_cache(path: str, group: pq.RowGroupMetaData, columns: Sequence[st
     pages it left behind made the kernel reclaim memory on every write: 45 of 60 CPU-s and 2.5x
     the time at 20,000 galaxies here. Only the chunks read are dropped: the other size's
     consolidation reads its own image column of the same shards."""
-    if not hasattr(os, "posix_fadvise") or not os.path.exists(path):
+    if not hasattr(os, "posix_fadvise") or not _is_local(path):
         return
     fd = os.open(path, os.O_RDONLY)
     try:
