@@ -46,15 +46,13 @@ def _disk_read_bytes() -> int:
         return int(next(line for line in f if line.startswith("read_bytes:")).split()[1])
 
 
-def read_into_cache(paths: list[str], block: int = 16 << 20) -> float:
+def read_into_cache(paths: list[str], block: int = 16 << 20) -> None:
     """Read `paths` once so that the consolidation reads them from the page cache (it is the writer
-    being measured, not the disk's reads); returns the rate of this read in MB/s."""
-    start, nbytes = time.perf_counter(), 0
+    being measured, not the disk's reads)."""
     for path in paths:
         with open(path, "rb") as f:
-            while chunk := f.read(block):
-                nbytes += len(chunk)
-    return nbytes / (time.perf_counter() - start) / 1e6
+            while f.read(block):
+                pass
 
 
 def disk_write_rate(folder: Path, nbytes: int, block: int = 16 << 20) -> float:
