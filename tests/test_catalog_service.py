@@ -14,7 +14,7 @@ from galaxiesml.hsc.catalog_client import CLIENT_VERSION, CatalogClient, HscJobE
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from galaxiesml.schema import CATALOG_FIELDS, appendix_a_sql
 from galaxiesml.standins.catalog_service import CatalogServer, CatalogService
-from galaxiesml.standins.faults import Faults
+from galaxiesml.standins.faults import FaultPlan, Faults
 from galaxiesml.synthetic_catalog import make_catalog
 
 PASSWORD = "cat-pw-7731!"
@@ -96,8 +96,26 @@ def test_bad_password_raises_without_leaking_it(rows, caplog):
         assert PASSWORD not in text
 
 
+def test_each_stream_draws_its_own_faults():
+    def downloads(status_polls: int) -> list[str | None]:
+        plan = FaultPlan(Faults.spread(0.5, seed=3))
+        drawn = []
+        for _ in range(20):
+            for _ in range(status_polls):
+                plan.draw(stream="status")
+            drawn.append(plan.draw(stream="download"))
+        return drawn
+
+    assert downloads(0) == downloads(3) != [None] * 20
+    shared = FaultPlan(Faults.spread(0.5, seed=3))
+    assert [shared.draw() for _ in range(20)] != downloads(0)
+
+
 def test_query_survives_faults(rows, tmp_path):
-    faults = Faults.spread(0.5, seed=5, kinds=("http_502", "http_503", "drop", "truncate"))
+    # Each endpoint draws its own faults, so submit's and download's are fixed by the seed (seed 3:
+    # 502s, 503s, a drop and a truncated download among them); status polls, as many as timing gives,
+    # only add to the counts.
+    faults = Faults.spread(0.5, seed=3, kinds=("http_502", "http_503", "drop", "truncate"))
     with CatalogServer(CatalogService(rows, CREDS, faults)) as srv:
         client = _client(srv.url, max_retries=10)
         paths = [client.run_query(tmp_path / f"cat{k}.csv") for k in range(3)]

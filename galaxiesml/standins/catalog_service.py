@@ -126,7 +126,8 @@ class _Handler(StandinHandler):
         if not service.authorised(body):
             return self._json(401, {"error": "invalid account name or password"})
         kinds = ("http_502", "http_503", "slow", "drop")
-        fault = service.faults.draw(kinds + (("truncate",) if endpoint in ("download", "preview") else ()))
+        allowed = kinds + (("truncate",) if endpoint in ("download", "preview") else ())
+        fault = service.faults.draw(allowed, stream=endpoint)
         if fault in ("http_502", "http_503"):
             return self._json(int(fault[-3:]), {"error": "service unavailable"})
         if fault == "drop":

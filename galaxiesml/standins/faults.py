@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import zlib
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -56,18 +57,27 @@ class Faults:
 
 
 class FaultPlan:
-    """Draws the fault of each request from a seeded generator (thread-safe), and counts them."""
+    """Draws the fault of each request from seeded generators (thread-safe), and counts them.
+
+    Each `stream` (a catalog endpoint, say) has its own generator, so the faults one endpoint sees do
+    not depend on how often another was called (status polls vary with timing; downloads must not).
+    """
 
     def __init__(self, faults: Faults = Faults()):
         self.faults = faults
-        self._rng = np.random.default_rng([faults.seed, 11])
+        self._rngs: dict[str, np.random.Generator] = {}
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {k: 0 for k in FAULT_KINDS}
 
-    def draw(self, allowed: tuple[str, ...] = FAULT_KINDS) -> str | None:
+    def _rng(self, stream: str) -> np.random.Generator:
+        if stream not in self._rngs:
+            self._rngs[stream] = np.random.default_rng([self.faults.seed, 11, zlib.crc32(stream.encode())])
+        return self._rngs[stream]
+
+    def draw(self, allowed: tuple[str, ...] = FAULT_KINDS, stream: str = "") -> str | None:
         """The fault for the next request (None for a clean reply); kinds not in `allowed` count as clean."""
         with self._lock:
-            u = float(self._rng.random())
+            u = float(self._rng(stream).random())
             edge = 0.0
             for kind in FAULT_KINDS:
                 edge += getattr(self.faults, kind)
@@ -78,7 +88,7 @@ class FaultPlan:
                     return None
             return None
 
-    def rng_value(self) -> float:
-        """A uniform number from the plan's generator (where in a reply a fault strikes)."""
+    def rng_value(self, stream: str = "") -> float:
+        """A uniform number from the stream's generator (where in a reply a fault strikes)."""
         with self._lock:
-            return float(self._rng.random())
+            return float(self._rng(stream).random())
