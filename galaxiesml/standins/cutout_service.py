@@ -363,7 +363,7 @@ class CutoutService:
             members.append((row.key.filter, row.lineno, name, data))
         members.sort(key=lambda m: (m[0], m[1]))
         if members and fault in ("corrupt_member", "wrong_size_member"):
-            k = int(self.faults.rng_value() * len(members))
+            k = int(self.faults.rng_value("damage") * len(members))
             f, ln, name, data = members[k]
             if fault == "corrupt_member":
                 data = b"CORRUPT!" * 10 + data[80:]
@@ -433,9 +433,9 @@ class _Handler(StandinHandler):
         headers = {"Content-Disposition": f'attachment; filename="{arch}.tar"'}
         if fault != "truncate":
             return self.send(200, tar, "application/x-tar", headers)
-        cut = int(len(tar) * (0.1 + 0.8 * service.faults.rng_value()))
-        cut -= cut % 512 if service.faults.rng_value() < 0.5 else 0  # at a block boundary, or mid-block
-        honest_length = service.faults.rng_value() < 0.5
+        cut = int(len(tar) * (0.1 + 0.8 * service.faults.rng_value("damage")))
+        cut -= cut % 512 if service.faults.rng_value("damage") < 0.5 else 0  # at a block boundary, or mid-block
+        honest_length = service.faults.rng_value("damage") < 0.5
         self.send(200, tar[:cut], "application/x-tar", headers, length=cut if honest_length else len(tar))
         self.wfile.flush()
         self.drop()

@@ -59,8 +59,9 @@ class Faults:
 class FaultPlan:
     """Draws the fault of each request from seeded generators (thread-safe), and counts them.
 
-    Each `stream` (a catalog endpoint, say) has its own generator, so the faults one endpoint sees do
-    not depend on how often another was called (status polls vary with timing; downloads must not).
+    Each `stream` (a catalog endpoint, say, or where a damaged reply is cut) has its own generator, so
+    the faults one stream sees do not depend on how often, or in which order across threads, another
+    was drawn from (status polls vary with timing; downloads must not).
     """
 
     def __init__(self, faults: Faults = Faults()):
