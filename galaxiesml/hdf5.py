@@ -16,6 +16,7 @@ reproducible for the same input and attributes (no HDF5 timestamps, shards read 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -48,6 +49,8 @@ IMAGE_COLUMN = {SIZE: "image", CROP: "image_64"}
 #: Rows per batch when streaming tabular columns (~1 KB a row).
 TABULAR_BATCH_ROWS = 8192
 READ_BUFFER_BYTES = 8 << 20
+#: The output's last bytes, which the next chunk written may share a page with, are left in the page cache.
+WRITE_BEHIND_MARGIN = 1 << 20
 #: HDF5 file format: 1.10's (readable by HDF5 >= 1.10, 2016; h5py >= 2.8), for its fixed-array chunk index.
 LIBVER = ("v110", "v110")
 #: Value stored for a null, by Arrow type kind.
@@ -342,10 +345,12 @@ def _write_images(h5: h5py.File, layout: Layout, size: int, compression: str | N
     sources = _row_group_sources(layout, [IMAGE_COLUMN[size], "image_flags"], batch_rows)
     decoded = (functools.partial(_decoded_cubes, source, size) for source in sources)
     write_image, write_flags = _chunk_writer(image, compression), _chunk_writer(flags, compression)
-    for rows, images, flagged in ordered_parallel(decoded, workers=threads):
-        for j, row in enumerate(rows.tolist()):
-            write_image(row, images[j])
-            write_flags(row, flagged[j])
+    with _write_behind(h5.filename) as written:
+        for rows, images, flagged in ordered_parallel(decoded, workers=threads):
+            for j, row in enumerate(rows.tolist()):
+                write_image(row, images[j])
+                write_flags(row, flagged[j])
+            written()
 
 
 def _decoded_cubes(source: Callable[[], Iterator], size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -353,6 +358,29 @@ def _decoded_cubes(source: Callable[[], Iterator], size: int) -> Iterator[tuple[
     C-contiguous arrays of the datasets' dtypes (run on a decoding thread)."""
     for rows, batch in source():
         yield rows, cube_numpy(batch.column(IMAGE_COLUMN[size])), flag_cubes(batch.column("image_flags"), size)
+
+
+@contextlib.contextmanager
+def _write_behind(path: str) -> Iterator[Callable[[], None]]:
+    """A callable that hands what has been written to local file `path` so far (but its last
+    WRITE_BEHIND_MARGIN bytes) to the disk and drops it from the page cache, where posix_fadvise
+    exists. The images are never read back: left in the cache, the kernel reclaimed memory on every
+    write and the final fsync waited for all of them at once (20,000 galaxies here: 14 s against
+    21-25 s and 25 against 36-40 CPU-s for the 127 x 127 file). Dirty pages are written, never lost."""
+    if not hasattr(os, "posix_fadvise"):
+        yield lambda: None
+        return
+    fd = os.open(path, os.O_RDONLY)
+
+    def written() -> None:
+        end = os.fstat(fd).st_size - WRITE_BEHIND_MARGIN
+        if end > 0:
+            os.posix_fadvise(fd, 0, end, os.POSIX_FADV_DONTNEED)
+
+    try:
+        yield written
+    finally:
+        os.close(fd)
 
 
 def _chunk_writer(dataset: h5py.Dataset, compression: str | None) -> Callable[[int, np.ndarray], None]:

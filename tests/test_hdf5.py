@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -22,7 +23,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from galaxiesml.cutouts import central_crop
 from galaxiesml.dataset import TABULAR_COLUMNS, cube_numpy
-from galaxiesml.hdf5 import consolidate, hdf5_name, ordered_parallel, release_attrs, write_split_csv
+from galaxiesml.hdf5 import WRITE_BEHIND_MARGIN, consolidate, hdf5_name, ordered_parallel, release_attrs, write_split_csv
 from galaxiesml.schema import SPLITS
 from galaxiesml.verify import main as verify_main
 from galaxiesml.verify import verify
@@ -132,6 +133,25 @@ def test_compression_keeps_pixels(shards, tmp_path):
         np.testing.assert_array_equal(a["image"][:], b["image"][:])
         np.testing.assert_array_equal(a["image_flags"][:], b["image_flags"][:])
     assert result["bytes"] < plain.stat().st_size
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux/BSD only")
+def test_written_images_are_handed_to_the_disk_as_they_go(shards, tmp_path, monkeypatch):
+    out = tmp_path / "x.hdf5"
+    calls, fadvise = [], os.posix_fadvise
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        if os.fstat(fd).st_ino == out.stat().st_ino:
+            calls.append((offset, length, advice, os.fstat(fd).st_size))
+        fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", spy)
+    consolidate(shards["training"], str(out), 127, attrs={}, batch_rows=8)
+    galaxy = 5 * 127 * 127 * 5  # float32 image + uint8 flags
+    assert len(calls) >= 130 // 8 - 2
+    assert all(offset == 0 and advice == os.POSIX_FADV_DONTNEED for offset, _, advice, _ in calls)
+    assert all(0 < length <= size - WRITE_BEHIND_MARGIN for _, length, _, size in calls)
+    assert out.stat().st_size - calls[-1][1] < WRITE_BEHIND_MARGIN + 8 * galaxy + (1 << 20)
 
 
 def test_repeated_object_ids_are_refused(shards, tmp_path):
