@@ -10,15 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.table import Table
 
-from galaxiesml.catalog import CatalogError, catalog_format, read_catalog
+from galaxiesml.catalog import DEFAULT_BATCH_ROWS, CatalogError, catalog_format, read_catalog
 from galaxiesml.cuts import apply_cuts
 from galaxiesml.schema import CATALOG_FIELDS
 from tests.catalog_rows import GOOD, HEADER, csv_line, row
 from tests.conftest import hsc_csv
 
 
-def parse(data: bytes, source: str = "cat.csv") -> tuple[pa.Table, pa.Table]:
-    parts = list(read_catalog(io.BytesIO(data), source))
+def parse(data: bytes, source: str = "cat.csv", batch_rows: int = DEFAULT_BATCH_ROWS) -> tuple[pa.Table, pa.Table]:
+    parts = list(read_catalog(io.BytesIO(data), source, batch_rows))
     rows = pa.Table.from_batches([p.rows for p in parts])
     rejected = pa.Table.from_batches([p.rejected for p in parts])
     return rows, rejected
@@ -95,11 +95,13 @@ def test_malformed_rows_blank_lines_and_truncation_keep_line_numbers_right():
     assert mal[5]["raw"] == "1,2,3"
 
 
-def test_line_numbers_stay_right_across_many_batches():
+@pytest.mark.parametrize("batch_rows", [DEFAULT_BATCH_ROWS, 7_000])
+def test_line_numbers_stay_right_across_many_batches(batch_rows):
+    """60,000 rows are ~17 blocks of CSV text, gathered into one batch or into several."""
     n = 60000
     lines = [csv_line(row(object_id=i)) for i in range(n)]
     lines[45000] = "broken,row"
-    rows, rejected = parse(hsc_csv(HEADER, lines, meta=2))
+    rows, rejected = parse(hsc_csv(HEADER, lines, meta=2), batch_rows=batch_rows)
     assert rejected.column("line").to_pylist() == [45000 + 4]
     ids = np.asarray(rows.column("object_id"))
     got = np.asarray(rows.column("line"))
@@ -178,3 +180,37 @@ def test_odd_values_in_every_numeric_column_end_kept_or_rejected_with_reason(col
 def test_semicolon_separated_file_is_a_clear_error():
     with pytest.raises(CatalogError, match="comma-separated"):
         parse((";".join(HEADER) + "\n").encode())
+
+
+class _HighWater(io.BytesIO):
+    """A file that remembers how far into it anything has read."""
+
+    high = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.high = max(self.high, self.tell())
+        return data
+
+    def readinto(self, buffer):
+        n = super().readinto(buffer)
+        self.high = max(self.high, self.tell())
+        return n
+
+
+def test_a_large_csv_is_read_a_bounded_way_ahead_of_the_batches_given_out():
+    """Memory for parsing a file must not grow with the file: by the time the first batch is
+    given out, at most ~33 MB of a 48 MB file has been read (pyarrow reads up to 32 blocks ahead;
+    with 16 MB blocks it had read the whole file). Blocks are gathered into batches of batch_rows."""
+    line = csv_line(row(object_id=123456789))
+    n = 48_000_000 // (len(line) + 1)
+    lines = [line] * n
+    data = hsc_csv(HEADER, lines, meta=1)
+    stream = _HighWater(data)
+    batches = read_catalog(stream, "cat.csv", batch_rows=10_000)
+    first = next(batches)
+    assert first.rows.num_rows >= 10_000
+    assert stream.high < 40_000_000 < len(data)
+    sizes = [first.rows.num_rows] + [b.rows.num_rows for b in batches]
+    assert sum(sizes) == n
+    assert all(10_000 <= s < 15_000 for s in sizes[:-1]) and sizes[-1] <= 15_000
