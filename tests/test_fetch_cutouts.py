@@ -117,7 +117,7 @@ def test_request_batches_stay_under_the_row_limit_in_even_shares():
     table = pa.table({"object_id": list(range(450))})
     batches = list(request_batches(table))
     assert [len(b) for b in batches] == [150, 150, 150] and 5 * 150 <= 990
-    assert [r["object_id"] for b in batches for r in b] == list(range(450))
+    assert [r["object_id"] for b in batches for r in b.to_pylist()] == list(range(450))
     assert [len(b) for b in request_batches(pa.table({"object_id": list(range(397))}))] == [132, 132, 133]
     assert [len(b) for b in request_batches(pa.table({"object_id": list(range(198))}))] == [198]
     assert list(request_batches(pa.table({"object_id": pa.array([], pa.int64())}))) == []
