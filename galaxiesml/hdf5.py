@@ -41,6 +41,7 @@ from apache_beam.io.filesystems import FileSystems
 from galaxiesml.cutouts import CROP, SIZE
 from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, flag_cubes
 from galaxiesml.hsc.format import PIXEL_SCALE, ZERO_POINT
+from galaxiesml.memory import use_jemalloc
 from galaxiesml.schema import BANDS
 
 SIZES: tuple[int, ...] = (SIZE, CROP)
@@ -392,27 +393,6 @@ def _chunk_writer(dataset: h5py.Dataset, compression: str | None) -> Callable[[i
     return lambda row, cube: write((row, 0, 0, 0), cube)
 
 
-#: How long jemalloc keeps freed pages before handing them back to the OS. Arrow's 1 s let a
-#: consolidation's peak rise with its length (127 x 127: +3% to +12% from 2,000 to 20,000
-#: galaxies, the short run ending before the pool filled); 300 ms kept it within ~1%, for ~10% more
-#: CPU. 0 (hand back at once) cost twice the CPU.
-JEMALLOC_DECAY_MS = 300
-
-
-def use_jemalloc() -> None:
-    """Make jemalloc this process's Arrow memory pool where the pyarrow wheel has it (Linux, macOS),
-    its freed pages handed back after JEMALLOC_DECAY_MS. Arrow's default, mimalloc, hands each
-    decoded batch's freed buffers back to the OS and faults them in again for the next: with
-    jemalloc a consolidation spent ~20% less CPU (~35% less in the kernel) on the benchmark's input.
-    Only the allocator changes, so the rest of the process is unaffected but for speed."""
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:
-        return
-    pa.jemalloc_set_decay_ms(JEMALLOC_DECAY_MS)
-    pa.set_memory_pool(pool)
-
-
 def consolidate(
     parquet_paths: list[str],
     out_path: str,
@@ -425,7 +405,7 @@ def consolidate(
 ) -> dict:
     """Write one split's Parquet shards as one released HDF5 file (local `out_path`) of `size`
     (127 or 64) images; returns what it wrote ({"path", "n_galaxies", "size", "bytes"}). Switches
-    the process's Arrow allocations to jemalloc (use_jemalloc)."""
+    the process's Arrow allocations to jemalloc (galaxiesml.memory.use_jemalloc)."""
     if size not in SIZES:
         raise ValueError(f"image size must be one of {SIZES}, not {size}")
     use_jemalloc()

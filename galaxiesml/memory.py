@@ -1,4 +1,4 @@
-"""Giving memory that a stage has freed back to the operating system."""
+"""Arrow's memory pool, and giving memory that a stage has freed back to the operating system."""
 from __future__ import annotations
 
 import ctypes
@@ -27,3 +27,25 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+#: How long jemalloc keeps freed pages before handing them back to the OS. Arrow's 1 s let an HDF5
+#: consolidation's peak rise with its length (127 x 127: +3% to +12% from 2,000 to 20,000
+#: galaxies, the short run ending before the pool filled); 300 ms kept it within ~1%, for ~10% more
+#: CPU. 0 (hand back at once) cost twice the CPU.
+JEMALLOC_DECAY_MS = 300
+
+
+def use_jemalloc() -> None:
+    """Make jemalloc this process's Arrow memory pool where the pyarrow wheel has it (Linux, macOS),
+    its freed pages handed back after JEMALLOC_DECAY_MS. Against Arrow's default, mimalloc: an HDF5
+    consolidation spent ~20% less CPU (~35% less in the kernel; mimalloc handed each decoded
+    batch's buffers back and faulted them in again for the next), and the build's workers peaked
+    40-100 MB lower in four paired runs of the memory benchmark's builds. Buffers already made
+    keep their pool, so switching at any time is safe."""
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        return
+    pa.jemalloc_set_decay_ms(JEMALLOC_DECAY_MS)
+    pa.set_memory_pool(pool)

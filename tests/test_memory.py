@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -35,3 +37,17 @@ def test_arrow_pages_freed_by_a_stage_are_returned():
     thread.start()
     thread.join()
     assert seen["released"] < seen["freed"] - 100, seen
+
+
+def test_a_process_that_runs_the_jobs_transforms_allocates_arrow_memory_from_jemalloc():
+    """Every worker imports `transforms` to run a stage; from then on its Arrow buffers come from
+    jemalloc, which hands freed pages back within JEMALLOC_DECAY_MS."""
+    try:
+        pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        pytest.skip("this pyarrow wheel has no jemalloc")
+    code = "import pyarrow as pa, transforms; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split()[-1] == "jemalloc"
