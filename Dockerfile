@@ -15,4 +15,7 @@ COPY transforms ./transforms
 COPY galaxiesml ./galaxiesml
 RUN pip install --no-cache-dir '.[gcp]' && pip check
 
+# glibc malloc arenas per process: see galaxiesml/memory.py MALLOC_ARENAS
+ENV MALLOC_ARENA_MAX=2
+
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import CatalogError, catalog_columns, check_columns
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
+from galaxiesml.memory import limit_malloc_arenas_in_workers
 from pipeline.build import build, run_info
 from pipeline.options import GalaxiesMLOptions, cutout_config, expand_preset, parse_fractions, sample_cuts
 from pipeline.progress import Progress
@@ -115,6 +116,7 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
 def run_pipeline(opts: GalaxiesMLOptions):
     """Check the options, then run the job to completion; returns Beam's PipelineResult."""
     preflight(opts)
+    limit_malloc_arenas_in_workers()
     p = beam.Pipeline(options=opts)
     build(p, opts)
     with Progress(opts.progress_every) if opts.progress_every > 0 else contextlib.nullcontext():

@@ -1,4 +1,4 @@
-"""Freed memory goes back to the OS when a stage says its work is done."""
+"""Freed memory goes back to the OS when a stage says its work is done, or is reused by the next."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from galaxiesml.memory import release_free_memory
+from galaxiesml.memory import MALLOC_ARENAS, limit_malloc_arenas_in_workers, release_free_memory
 
 
 def _rss_mb() -> float:
@@ -51,3 +51,85 @@ def test_a_process_that_runs_the_jobs_transforms_allocates_arrow_memory_from_jem
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split()[-1] == "jemalloc"
+
+
+
+_COUNT_ARENAS = """
+import ctypes, os, tempfile, threading
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+started, done = threading.Barrier(7), threading.Event()
+
+def worker():
+    libc.malloc(4096)  # a thread's first malloc gives it an arena
+    started.wait()
+    done.wait()
+
+threads = [threading.Thread(target=worker) for _ in range(6)]
+for t in threads:
+    t.start()
+started.wait()
+path = os.path.join(tempfile.mkdtemp(), "malloc_info.xml")
+f = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, f)
+libc.fclose(f)
+done.set()
+print(open(path).read().count("<heap nr="))
+"""
+
+
+def _arenas_of_a_child_with_six_threads() -> int:
+    out = subprocess.run([sys.executable, "-c", _COUNT_ARENAS], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+@pytest.fixture
+def no_arena_max(monkeypatch):
+    """MALLOC_ARENA_MAX unset for the test, and as it was afterwards."""
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "")
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="glibc's malloc arenas")
+def test_processes_started_after_the_limit_share_few_malloc_arenas_between_threads(no_arena_max):
+    """glibc gives each new thread an arena of its own (up to 8 per core), and what one arena frees
+    only its threads reuse. A process started after limit_malloc_arenas_in_workers has at most
+    MALLOC_ARENAS, however many threads allocate."""
+    assert _arenas_of_a_child_with_six_threads() > MALLOC_ARENAS  # glibc's default: the check below can fail
+    limit_malloc_arenas_in_workers()
+    assert _arenas_of_a_child_with_six_threads() <= MALLOC_ARENAS
+
+
+def test_a_users_malloc_arena_max_wins(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "6")
+    limit_malloc_arenas_in_workers()
+    assert os.environ["MALLOC_ARENA_MAX"] == "6"
+
+
+def test_the_builds_worker_processes_start_with_few_malloc_arenas(no_arena_max, monkeypatch, tmp_path):
+    """DirectRunner multi_processing starts each SDK worker with the launcher's environment; the
+    build sets the limit before it starts them."""
+    from galaxiesml.synthetic_catalog import make_catalog, write_catalog
+    from pipeline.cli import run_pipeline
+    from pipeline.options import GalaxiesMLOptions
+
+    workers = []
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            if "sdk_worker_main" in str(args):
+                workers.append((kwargs.get("env") or os.environ).get("MALLOC_ARENA_MAX"))
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    rows, _ = make_catalog(200, seed=3)
+    write_catalog(rows, tmp_path / "catalog.csv")
+    run_pipeline(GalaxiesMLOptions([
+        "--catalog", str(tmp_path / "catalog.csv"), "--output", str(tmp_path / "out"), "--cutout_source=none",
+        "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+    ]))
+    assert (tmp_path / "out" / "summary.json").exists()
+    assert workers == [str(MALLOC_ARENAS)] * 2
