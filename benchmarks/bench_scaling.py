@@ -14,7 +14,9 @@ Measured, each run in a fresh process (benchmarks/measure.py), alternating 1 and
   alone), to separate the images + morphology part.
 - `memory` (results/scaling_memory.md): full builds of skies of each --memory_galaxies size on 2
   workers, `--no_sersic` to fit the time budget (the fit changes CPU, not what is held in memory),
-  peak RSS of the launching process and of the largest worker process. A 20,000-galaxy sky takes
+  peak RSS of the launching process and of the largest worker process; and, from the workers' RSS
+  sampled over the run, the larger build's worker peak in each stretch as long as the whole smaller
+  build (a run-long peak is the highest of many stretches). A 20,000-galaxy sky takes
   ~50 min to pre-render, so these runs' stand-in answers every position from a pool of
   --pool_positions pre-rendered galaxies (PoolCache in galaxiesml/standins/cutout_service.py).
 
@@ -27,6 +29,7 @@ Every run fetches (--cutout_cache none). Writes benchmarks/results/scaling.md an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import glob
 import json
@@ -34,6 +37,8 @@ import os
 import platform
 import resource
 import shutil
+import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -46,8 +51,64 @@ from benchmarks.standin import (
 from galaxiesml.hsc.format import HALF_WIDTH_127
 
 
-def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str]) -> dict:
-    """The build (pipeline.cli.run) on DirectRunner; time, CPU and peak memory of the processes."""
+class WorkerRss:
+    """Samples the RSS of every process this one started (the SDK workers) every `every_s`, from a
+    thread: how a worker's memory moves over a run, where ru_maxrss gives only its highest point."""
+
+    def __init__(self, every_s: float = 0.25):
+        self.every_s = every_s
+        self.samples: list[tuple[float, int, float]] = []  # (seconds from start, pid, RSS MB)
+        self._stop = threading.Event()
+
+    def _descendants(self) -> list[int]:
+        parents = {}
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat.split("/")[2])] = int(fields[1])
+        found, frontier = [], [os.getpid()]
+        while frontier:
+            frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+            found += frontier
+        return found
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.wait(self.every_s):
+            for pid in self._descendants():
+                try:
+                    rss_kb = next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith("VmRSS"))
+                except (OSError, StopIteration):
+                    continue  # exited, or a zombie
+                self.samples.append((time.perf_counter() - t0, pid, rss_kb / 1024))
+
+    def __enter__(self) -> "WorkerRss":
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def window_peaks(samples: list[tuple[float, int, float]], window_s: float) -> list[float]:
+    """The largest process's RSS in each whole `window_s` stretch of a run, the last partial stretch
+    left out (one stretch, the whole run, if the run is shorter)."""
+    n = max(1, int(max(t for t, _, _ in samples) // window_s))
+    peaks = [0.0] * n
+    for t, _, mb in samples:
+        i = 0 if n == 1 else int(t // window_s)
+        if i < n:
+            peaks[i] = max(peaks[i], mb)
+    return peaks
+
+
+def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str], sample_rss: bool = False) -> dict:
+    """The build (pipeline.cli.run) on DirectRunner; time, CPU and peak memory of the processes
+    (with `sample_rss`, also the workers' RSS samples over the run)."""
     from pipeline.cli import run
 
     args = ["--catalog", catalog, "--output", output, "--hsc_url", url, "--cutout_cache", "none",
@@ -58,7 +119,8 @@ def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str
     usage = lambda: [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]  # noqa: E731
     before = usage()
     t0 = time.perf_counter()
-    summary = run(args)
+    with WorkerRss() if sample_rss else contextlib.nullcontext() as rss:
+        summary = run(args)
     seconds = time.perf_counter() - t0
     after = usage()
     cpu = sum((a.ru_utime + a.ru_stime) - (b.ru_utime + b.ru_stime) for a, b in zip(after, before))
@@ -69,8 +131,25 @@ def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str
         "failed": summary["funnel"]["failed"],
         "launcher_peak_mb": after[0].ru_maxrss / 1024,
         "worker_peak_mb": after[1].ru_maxrss / 1024,  # the largest finished child: a worker process
+        **({"worker_rss": rss.samples} if sample_rss else {}),
     }
 
+
+
+def stretch_lines(small: int, r0: dict, big: int, r1: dict) -> list[str]:
+    """The larger build's worker peak over stretches as long as the whole smaller build: a run-long
+    peak is the highest of many such stretches, so it grows with a run's length where the memory
+    held does not."""
+    window = r0["seconds"]
+    (p0,), p1 = window_peaks(r0["worker_rss"], window), window_peaks(r1["worker_rss"], window)
+    median = statistics.median(p1)
+    return [
+        f"Sampled every 0.25 s (the largest worker process at each moment), the {big:,}-galaxy build's peak over "
+        f"each {window:.0f}-s stretch, as long as the whole {small:,}-galaxy build ({len(p1)} stretches): median "
+        f"{median:.0f} MB ({median / p0 - 1:+.1%} against the {small:,}-galaxy build's sampled peak, {p0:.0f} MB), "
+        f"lowest {min(p1):.0f}, highest {max(p1):.0f}. In order: {', '.join(f'{x:.0f}' for x in p1)}.",
+        "",
+    ]
 
 def memory_runs(args) -> None:
     """Peak memory of full builds (every kept galaxy, 2 workers, --no_sersic) of skies of each
@@ -95,7 +174,7 @@ def memory_runs(args) -> None:
         del sky, rows
         with ServerProcess(size, args.seed, pool_dir, work / f"server-{size}.log", pool=True) as server:
             res = measure("benchmarks.bench_scaling:run_build", catalog, str(work / f"out-{size}"), server.url, 2,
-                          ["--cutout_source", "service", "--no_sersic"])["result"]
+                          ["--cutout_source", "service", "--no_sersic"], True)["result"]
         loads.append(os.getloadavg()[0])
         shutil.rmtree(work / f"out-{size}", ignore_errors=True)
         rows_out.append((size, res))
@@ -126,6 +205,7 @@ def memory_runs(args) -> None:
         f"From {small:,} to {big:,}: worker peak {r1['worker_peak_mb'] / r0['worker_peak_mb'] - 1:+.1%}, "
         f"launcher peak {r1['launcher_peak_mb'] / r0['launcher_peak_mb'] - 1:+.1%}.",
         "",
+        *stretch_lines(small, r0, big, r1),
     ]
     Path(args.memory_out).write_text("\n".join(lines))
     print("\n".join(lines))
