@@ -57,7 +57,8 @@ def use_jemalloc() -> None:
 #: and the image stage on different threads, so what the catalog stages freed stayed beside the
 #: image stage's memory. In paired 2-worker builds (their first 170 s), 2 arenas took the larger
 #: worker's peak from 780 to 708 MB at 20,000 galaxies (55,555 catalog rows) and left it at ~660 MB
-#: at 2,000. The threads mostly hold the GIL, so they seldom wait for an arena's lock.
+#: at 2,000. Threads share arenas' locks now: an interleaved A/B put the CPU cost within the
+#: host's noise, a few percent at most (benchmarks/results/scaling.md).
 MALLOC_ARENAS = 2
 
 

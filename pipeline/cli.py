@@ -114,7 +114,8 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
 
 
 def run_pipeline(opts: GalaxiesMLOptions):
-    """Check the options, then run the job to completion; returns Beam's PipelineResult."""
+    """Check the options, then run the job to completion (worker processes it starts get few malloc
+    arenas); returns Beam's PipelineResult."""
     preflight(opts)
     limit_malloc_arenas_in_workers()
     p = beam.Pipeline(options=opts)
