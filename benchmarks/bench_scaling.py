@@ -51,11 +51,15 @@ from benchmarks.standin import (
 from galaxiesml.hsc.format import HALF_WIDTH_127
 
 
+#: How often WorkerRss samples the workers' RSS, in seconds.
+RSS_EVERY_S = 0.25
+
+
 class WorkerRss:
     """Samples the RSS of every process this one started (the SDK workers) every `every_s`, from a
     thread: how a worker's memory moves over a run, where ru_maxrss gives only its highest point."""
 
-    def __init__(self, every_s: float = 0.25):
+    def __init__(self, every_s: float = RSS_EVERY_S):
         self.every_s = every_s
         self.samples: list[tuple[float, int, float]] = []  # (seconds from start, pid, RSS MB)
         self._stop = threading.Event()
@@ -135,7 +139,6 @@ def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str
     }
 
 
-
 def stretch_lines(small: int, r0: dict, big: int, r1: dict) -> list[str]:
     """The larger build's worker peak over stretches as long as the whole smaller build: a run-long
     peak is the highest of many such stretches, so it grows with a run's length where the memory
@@ -144,12 +147,13 @@ def stretch_lines(small: int, r0: dict, big: int, r1: dict) -> list[str]:
     (p0,), p1 = window_peaks(r0["worker_rss"], window), window_peaks(r1["worker_rss"], window)
     median = statistics.median(p1)
     return [
-        f"Sampled every 0.25 s (the largest worker process at each moment), the {big:,}-galaxy build's peak over "
+        f"Sampled every {RSS_EVERY_S} s (the largest worker process at each moment), the {big:,}-galaxy build's peak over "
         f"each {window:.0f}-s stretch, as long as the whole {small:,}-galaxy build ({len(p1)} stretches): median "
         f"{median:.0f} MB ({median / p0 - 1:+.1%} against the {small:,}-galaxy build's sampled peak, {p0:.0f} MB), "
         f"lowest {min(p1):.0f}, highest {max(p1):.0f}. In order: {', '.join(f'{x:.0f}' for x in p1)}.",
         "",
     ]
+
 
 def memory_runs(args) -> None:
     """Peak memory of full builds (every kept galaxy, 2 workers, --no_sersic) of skies of each

@@ -53,7 +53,6 @@ def test_a_process_that_runs_the_jobs_transforms_allocates_arrow_memory_from_jem
     assert out.stdout.split()[-1] == "jemalloc"
 
 
-
 _COUNT_ARENAS = """
 import ctypes, os, tempfile, threading
 libc = ctypes.CDLL("libc.so.6")

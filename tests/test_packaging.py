@@ -159,7 +159,6 @@ def test_dockerfile_installs_the_package_and_ends_with_the_beam_boot_entrypoint(
     )
 
 
-
 def test_the_sdk_container_starts_its_workers_with_the_jobs_malloc_arena_limit():
     """DirectRunner's workers get MALLOC_ARENA_MAX from the launcher (pipeline.cli); a container's
     SDK harness from its image, and glibc reads it only at a process's start."""
@@ -167,6 +166,7 @@ def test_the_sdk_container_starts_its_workers_with_the_jobs_malloc_arena_limit()
 
     env = [args for ins, args in dockerfile_instructions() if ins == "ENV"]
     assert any(re.fullmatch(rf"MALLOC_ARENA_MAX[= ]{MALLOC_ARENAS}", args) for args in env), env
+
 
 def _packages(setup_py: dict) -> list[str]:
     packages = setup_py.get("packages") or []
