@@ -369,3 +369,97 @@ def test_pool_answers_any_position_with_a_pool_galaxy_moved_onto_it(tmp_path, sk
     assert len(picked) > 1
     with pytest.raises(AssertionError):
         pool.put(keys[0], b"")
+
+
+class _Raw:
+    """A reply body that arrives in reads of at most `piece` bytes and, with `break_at`, breaks off
+    there the way a dropped chunked transfer does."""
+
+    def __init__(self, body: bytes, piece: int = 64 * 1024, break_at: int | None = None):
+        self._body, self._piece, self._break_at, self._pos = body, piece, break_at, 0
+
+    def read(self, n: int) -> bytes:
+        if self._break_at is not None and self._pos >= self._break_at:
+            raise requests.exceptions.ChunkedEncodingError("connection broken: IncompleteRead")
+        end = min(self._pos + n, self._pos + self._piece, self._break_at or len(self._body))
+        out = self._body[self._pos : end]
+        self._pos = end
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class _TarSession:
+    """A requests.Session stand-in whose replies are real requests.Response objects over `_Raw`
+    bodies: the tar of the cutouts each posted list asks for, made by `archive(lines)`; reply k
+    is read as `raw_args[k]` says (whole, in 64-KB reads, where the list is shorter)."""
+
+    def __init__(self, archive, raw_args: tuple[dict, ...] = ()):
+        self.archive, self.raw_args, self.posted, self.auth = archive, list(raw_args), [], None
+
+    def post(self, url, files, timeout, stream=False):
+        lines = files["list"][1].decode().splitlines()[1:]
+        self.posted.append(len(lines))
+        reply = requests.Response()
+        reply.status_code = 200
+        reply.raw = _Raw(self.archive(lines), **(self.raw_args.pop(0) if self.raw_args else {}))
+        return reply
+
+    def close(self) -> None:
+        pass
+
+
+def _archive(lines: list[str]) -> bytes:
+    """A tar of one 127 x 127 FITS cutout per list line, as das_cutout names them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for lineno, line in enumerate(lines, start=2):
+            filter_name = line.split()[1]
+            hdul = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.full((127, 127), lineno, np.float32))])
+            hdul[0].header["FILTER"] = filter_name
+            data = io.BytesIO()
+            hdul.writeto(data)
+            info = tarfile.TarInfo(f"arch-1-1/{lineno}-cutout-{filter_name}-9813-pdr2_wide.fits")
+            info.size = len(data.getvalue())
+            tar.addfile(info, io.BytesIO(data.getvalue()))
+    return buf.getvalue()
+
+
+def _rows(n: int) -> list[CutoutRow]:
+    return [CutoutRow(k, 150 + k * 1e-3, 2.0, "HSC-G") for k in range(n)]
+
+
+def test_a_reply_is_read_as_it_arrives_not_held_beside_its_members():
+    """The tar body is parsed from the socket member by member: while a request is read, memory
+    holds its members (which the caller gets) and little more, not the body besides."""
+    import tracemalloc
+
+    rows = _rows(150)
+    body = _archive(list_file(rows).splitlines()[1:])  # made before tracing: the server's copy
+    session = _TarSession(lambda lines: body)
+    client = CutoutClient(CREDS, url="http://127.0.0.1:9/cutout", session=session)
+    tracemalloc.start()
+    try:
+        results = client.fetch_batch(rows)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    members = sum(len(r.data) for r in results)
+    assert [r.status for r in results] == ["ok"] * len(rows) and members > 0.9 * len(body)
+    assert peak < 1.3 * members, (peak, members)
+
+
+def test_a_reply_cut_off_midway_keeps_its_whole_members_and_asks_only_for_the_rest():
+    rows = _rows(40)
+    first = len(_archive(list_file(rows).splitlines()[1:])) // 2 + 777  # inside a member
+    session = _TarSession(_archive, raw_args=({"piece": 1001, "break_at": first}, {"piece": 1001}))
+    client = CutoutClient(CREDS, url="http://127.0.0.1:9/cutout", session=session, backoff_s=0.001)
+    results = client.fetch_batch(rows)
+    kept_first = session.posted[0] - session.posted[1]
+    assert session.posted[0] == 40 and 15 <= kept_first <= 25 and client.stats["retries"] == 1
+    assert [r.status for r in results] == ["ok"] * len(rows)
+    for k, r in enumerate(results):  # each row has its own cutout, whichever reply it came in
+        with fits.open(io.BytesIO(r.data)) as hdul:
+            lineno = int(hdul[1].data[0, 0])
+        assert lineno == (k + 2 if k < kept_first else k - kept_first + 2)

@@ -2,9 +2,10 @@
 
 Rows go up as a `#? rerun filter ra dec sw sh` list file (object id as the comment) in a multipart
 POST with HTTP Basic auth, at most 990 rows (198 galaxies x 5 bands) per request. The tar reply is
-matched back to rows by each member's `lineno` (first data row = 2), never by member order. Every
-member is checked (a whole FITS file that astropy opens, of the asked filter and no larger than
-asked); 502/503, dropped connections, timeouts, truncated tars and bad members are retried with
+read as it arrives, member by member, and matched back to rows by each member's `lineno` (first
+data row = 2), never by member order. Every member is checked (a whole FITS file that astropy
+opens, of the asked filter and no larger than asked); 502/503, dropped connections, timeouts,
+truncated tars (the whole members before the break are kept) and bad members are retried with
 exponential backoff, only for the rows still owed. A row absent from a complete reply has no
 coverage. Missing r or i cutouts are asked again in HSC-R2 / HSC-I2. 401 raises HscAuthError and
 406 HscRequestError; neither message, nor any log line, nor a repr carries the password.
@@ -16,6 +17,7 @@ import logging
 import random
 import tarfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Literal, Sequence
 
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _TAR_END = b"\0" * 1024
+_CHUNK = 64 * 1024  # bytes read from the socket at a time
 
 Status = Literal["ok", "missing", "failed"]
 
@@ -196,28 +199,33 @@ class CutoutClient:
         self.close()
 
     # -- one request ---------------------------------------------------------------------------
-    def _post(self, rows: Sequence[CutoutRow]) -> bytes:
-        """POST one list; the reply body, or _Retry for a transient failure."""
+    def _post(self, rows: Sequence[CutoutRow]) -> requests.Response:
+        """POST one list; the 200 reply with its body not yet read (the caller closes it), or
+        _Retry for a transient failure."""
         self.stats["requests"] += 1
         files = {"list": ("list.txt", list_file(rows, self.rerun, self.planes).encode(), "text/plain")}
         try:
-            reply = self.session.post(self.url, files=files, timeout=self.timeout)
-            body = reply.content
+            reply = self.session.post(self.url, files=files, timeout=self.timeout, stream=True)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
             raise _Retry(f"connection failed: {type(e).__name__}") from None
-        if reply.status_code == 401:
-            raise HscAuthError(f"das_cutout refused the account {self._credentials.user!r} (HTTP 401)")
-        if reply.status_code in RETRY_STATUSES:
+        if reply.status_code == 200:
+            return reply
+        with reply:
+            if reply.status_code == 401:
+                raise HscAuthError(f"das_cutout refused the account {self._credentials.user!r} (HTTP 401)")
+            if reply.status_code in RETRY_STATUSES:
+                try:
+                    retry_after = float(reply.headers.get("Retry-After", "0"))
+                except ValueError:
+                    retry_after = 0.0
+                raise _Retry(f"HTTP {reply.status_code}", retry_after)
             try:
-                retry_after = float(reply.headers.get("Retry-After", "0"))
-            except ValueError:
-                retry_after = 0.0
-            raise _Retry(f"HTTP {reply.status_code}", retry_after)
-        if reply.status_code == 406:
-            raise HscRequestError(f"das_cutout rejected the request (HTTP 406): {reply.text.strip()[:300]}")
-        if reply.status_code != 200:
-            raise HscRequestError(f"das_cutout answered HTTP {reply.status_code}: {reply.text.strip()[:300]}")
-        return body
+                text = reply.text.strip()[:300]
+            except requests.RequestException as e:
+                raise _Retry(f"connection failed: {type(e).__name__}") from None
+            if reply.status_code == 406:
+                raise HscRequestError(f"das_cutout rejected the request (HTTP 406): {text}")
+            raise HscRequestError(f"das_cutout answered HTTP {reply.status_code}: {text}")
 
     def _backoff(self, attempt: int, reason: str, retry_after: float = 0.0) -> None:
         delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
@@ -226,33 +234,38 @@ class CutoutClient:
         self.stats["retries"] += 1
         self._sleep(delay)
 
-    def _read_tar(self, body: bytes, rows: Sequence[CutoutRow]) -> tuple[dict[int, bytes], dict[int, str], bool]:
-        """({row index: member bytes}, {row index: why a member was rejected}, whether the archive
-        was complete). Members are mapped by lineno; a whole archive ends with zero blocks."""
+    def _read_tar(
+        self, chunks: Iterable[bytes], rows: Sequence[CutoutRow]
+    ) -> tuple[dict[int, bytes], dict[int, str], str | None]:
+        """({row index: member bytes}, {row index: why a member was rejected}, why the archive is
+        incomplete or None). The body is read as it arrives, one member at a time, so a reply is
+        never held twice (as the body and as its members). Members are mapped by lineno; a whole
+        archive ends with zero blocks."""
         good: dict[int, bytes] = {}
         bad: dict[int, str] = {}
-        complete = True
+        body = _Body(chunks)
         try:
-            tar = tarfile.open(fileobj=io.BytesIO(body), mode="r:")
-            for info in tar:
-                name = parse_member_name(info.name)
-                if name is None or not info.isfile():
-                    continue
-                index = name.lineno - 2
-                if not 0 <= index < len(rows) or name.filter != rows[index].filter:
-                    log.warning("das_cutout: member %s matches no row; ignored", info.name)
-                    continue
-                data = tar.extractfile(info).read()  # type: ignore[union-attr]
-                problem = check_member(data, rows[index], self.planes)
-                if problem is None:
-                    good[index] = data
-                else:
-                    bad[index] = problem
-            end = tar.offset
-            complete = body[end : end + len(_TAR_END)] == _TAR_END
-        except (tarfile.TarError, EOFError, OSError):
-            complete = False
-        return good, bad, complete
+            with tarfile.open(fileobj=body, mode="r|") as tar:  # type: ignore[call-overload]
+                for info in tar:
+                    name = parse_member_name(info.name)
+                    if name is None or not info.isfile():
+                        continue
+                    index = name.lineno - 2
+                    if not 0 <= index < len(rows) or name.filter != rows[index].filter:
+                        log.warning("das_cutout: member %s matches no row; ignored", info.name)
+                        continue
+                    data = tar.extractfile(info).read()  # type: ignore[union-attr]
+                    problem = check_member(data, rows[index], self.planes)
+                    if problem is None:
+                        good[index] = data
+                    else:
+                        bad[index] = problem
+                end = tar.offset
+            if body.bytes_at(end, len(_TAR_END)) != _TAR_END:
+                return good, bad, "incomplete tar archive"
+        except (tarfile.TarError, EOFError, OSError, requests.RequestException) as e:
+            return good, bad, f"incomplete tar archive ({type(e).__name__})"
+        return good, bad, None
 
     # -- many rows -----------------------------------------------------------------------------
     def fetch_batch(self, rows: Sequence[CutoutRow]) -> list[RowResult]:
@@ -267,22 +280,23 @@ class CutoutClient:
                 self._backoff(attempt - 1, reason, retry_after)
             batch = [rows[i] for i in owed]
             try:
-                body = self._post(batch)
+                reply = self._post(batch)
             except _Retry as e:
                 reason, retry_after = str(e), e.retry_after
                 continue
             retry_after = 0.0
-            good, bad, complete = self._read_tar(body, batch)
+            with reply:
+                good, bad, incomplete = self._read_tar(reply.iter_content(_CHUNK), batch)
             for j, data in good.items():
                 done[owed[j]] = RowResult(rows[owed[j]], "ok", data)
-            if complete:
+            if incomplete is None:
                 for j in range(len(batch)):
                     if j not in good and j not in bad:
                         done[owed[j]] = RowResult(rows[owed[j]], "missing")
             owed = [i for i in owed if i not in done]
             if not owed:
                 break
-            reason = f"{len(bad)} bad member(s)" if complete else "incomplete tar archive"
+            reason = incomplete or f"{len(bad)} bad member(s)"
             if bad:
                 reason += f" ({next(iter(bad.values()))})"
         for i in owed:
@@ -343,6 +357,44 @@ class CutoutClient:
                     g.failed[band] = res.error or "failed"
             out.append(g)
         return out
+
+
+class _Body:
+    """A reply body as the file that tarfile's stream mode reads, taken from the socket as it
+    arrives. It keeps the last `keep` bytes it handed out, so that the blocks where the archive
+    stopped (read ahead by tarfile) can still be checked for the end-of-archive marker."""
+
+    def __init__(self, chunks: Iterable[bytes], keep: int = 4 * tarfile.RECORDSIZE):
+        self._chunks = iter(chunks)
+        self._chunk = memoryview(b"")
+        self._recent: deque[bytes] = deque()
+        self._kept = 0
+        self._keep = keep
+        self.pos = 0  # bytes handed out so far
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._chunk:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self._chunk = memoryview(chunk)
+        out = bytes(self._chunk if n < 0 else self._chunk[:n])
+        self._chunk = self._chunk[len(out) :]
+        self.pos += len(out)
+        self._recent.append(out)
+        self._kept += len(out)
+        while self._kept - len(self._recent[0]) >= self._keep:
+            self._kept -= len(self._recent.popleft())
+        return out
+
+    def bytes_at(self, offset: int, n: int) -> bytes:
+        """The `n` bytes from `offset` (fewer where the body ends first), reading on as needed."""
+        while self.pos < offset + n and self.read(offset + n - self.pos):
+            pass
+        start = offset - (self.pos - self._kept)
+        if start < 0:
+            raise ValueError(f"offset {offset} is no longer kept")
+        return b"".join(self._recent)[start : start + n]
 
 
 def _with_filter(row: CutoutRow, filter_name: str) -> CutoutRow:
