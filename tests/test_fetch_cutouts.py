@@ -273,3 +273,50 @@ def test_default_stream_limit_shares_the_account_among_direct_workers(flags, exp
 
     opts = GalaxiesMLOptions(["--catalog", "c.csv", "--output", "out", *flags])
     assert cutout_config(opts).max_streams == expected
+
+
+@pytest.mark.parametrize("max_streams", [1, 2])
+def test_a_worker_holds_at_most_max_streams_plus_one_batches(max_streams, monkeypatch):
+    """However long the bundle and however slow the stages downstream, the fetch DoFn works on
+    max_streams batches while the records of one go downstream, never more (each batch is ~64 MB of
+    images at 198 galaxies), and every record comes out."""
+    import threading
+    import time
+
+    from transforms.fetch_cutouts import _FetchBatch
+
+    lock, held, most = threading.Lock(), set(), [0]
+
+    class Recording(_FetchBatch):
+        def _work(self, table):
+            batch = table.column("batch")[0].as_py()
+            with lock:
+                held.add(batch)
+                most[0] = max(most[0], len(held))
+            time.sleep(0.005)  # the request
+            return [{"batch": batch, "k": k, "last": k == table.num_rows - 1} for k in range(table.num_rows)], {}
+
+    monkeypatch.setenv("HSC_SSP_CAS_USER", CREDS.user)
+    monkeypatch.setenv("HSC_SSP_CAS_PASSWORD", PASSWORD)
+    fn = Recording(CutoutConfig(max_streams=max_streams))
+    fn.setup()
+    fn.start_bundle()
+    seen = []
+
+    def consume(outputs):
+        for out in outputs:
+            value = getattr(out, "value", out)
+            seen.append((value["batch"], value["k"]))
+            time.sleep(0.004)  # downstream (morphology) is slower than fetching
+            if value["last"]:
+                with lock:
+                    held.discard(value["batch"])
+
+    try:
+        for batch in range(12):
+            consume(fn.process(pa.table({"batch": [batch] * 5})))
+        consume(fn.finish_bundle())
+    finally:
+        fn.teardown()
+    assert sorted(seen) == [(b, k) for b in range(12) for k in range(5)]
+    assert most[0] == max_streams + 1

@@ -6,9 +6,11 @@ in setup() and closed in teardown()) under a per-process cap on concurrent strea
 service answers 503 beyond 2 per account. A cache on any Beam filesystem keeps every fetched
 galaxy, so a rerun, or a run after a crash, fetches nothing it already has.
 
-Memory stays that of a few requests whatever the run's size: rows become dicts one request at a
-time, a galaxy's FITS bytes are dropped once decoded, its record once written, and what a batch
-freed is handed back to the OS after it (galaxiesml.memory).
+Memory stays that of max_streams + 1 requests whatever the run's size: the pool fetches the next
+max_streams batches while one batch's records go downstream, rows become dicts one request at a
+time, a reply's tar is read member by member as it arrives, a galaxy's FITS bytes are dropped once
+decoded, its record once written, and what a batch freed is handed back to the OS after it
+(galaxiesml.memory).
 
 Outputs: one record per galaxy ({"row": catalog columns, "image", "flags", ...}) and "failed"
 records naming the galaxy's row, the stage and the reason.
@@ -206,8 +208,9 @@ class _FetchBatch(beam.DoFn):
 
     def process(self, rows: pa.Table):
         self._pending.append(self._pool.submit(self._work, rows))
-        # keep a few requests in flight, not the whole bundle's images in memory
-        while len(self._pending) > 2 * self.config.max_streams:
+        # While one batch's records go downstream, the pool works on the next max_streams and no
+        # more: a worker holds at most max_streams + 1 batches of images however long its bundle.
+        while len(self._pending) > self.config.max_streams:
             yield from self._outputs(self._pending.pop(0))
         done = [f for f in self._pending if f.done()]
         for future in done:
