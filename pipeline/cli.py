@@ -126,7 +126,6 @@ def run_pipeline(opts: GalaxiesMLOptions):
     return result
 
 
-
 def options(argv: list[str]) -> GalaxiesMLOptions:
     """Options from a command line, with its preset expanded."""
     try:
@@ -140,6 +139,12 @@ def run(argv: list[str]) -> dict:
     """Build the dataset; returns the summary written to summary.json."""
     opts = options(argv)
     run_pipeline(opts)
+    return finish_build(opts)
+
+
+def finish_build(opts: GalaxiesMLOptions) -> dict:
+    """After the job, in the launcher: the funnel printed and the data card written; returns the
+    summary written to summary.json."""
     with FileSystems.open(FileSystems.join(opts.output, "summary.json")) as f:
         summary = json.load(f)
     print_funnel(summary, opts.output)
