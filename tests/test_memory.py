@@ -132,3 +132,35 @@ def test_the_builds_worker_processes_start_with_few_malloc_arenas(no_arena_max, 
     ]))
     assert (tmp_path / "out" / "summary.json").exists()
     assert workers == [str(MALLOC_ARENAS)] * 2
+
+
+def test_a_directrunner_build_runs_on_the_fnapirunner_never_prism(monkeypatch, tmp_path):
+    """Beam's DirectRunner tries the Prism runner first wherever it can download it; a build asked
+    of the DirectRunner runs on the FnApiRunner on every machine, with its worker processes."""
+    from apache_beam.runners.portability import prism_runner
+
+    from galaxiesml.synthetic_catalog import make_catalog, write_catalog
+    from pipeline.cli import run_pipeline
+    from pipeline.options import GalaxiesMLOptions
+
+    tried, workers = [], []
+
+    def prism(self, pipeline, options):
+        tried.append(options)
+        raise RuntimeError("Prism is not reachable from the tests")
+
+    class RecordingPopen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            workers.extend(["sdk"] if "sdk_worker_main" in str(args) else [])
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", prism)
+    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
+    rows, _ = make_catalog(200, seed=3)
+    write_catalog(rows, tmp_path / "catalog.csv")
+    run_pipeline(GalaxiesMLOptions([
+        "--catalog", str(tmp_path / "catalog.csv"), "--output", str(tmp_path / "out"), "--cutout_source=none",
+        "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+    ]))
+    assert (tmp_path / "out" / "summary.json").exists()
+    assert tried == [] and workers == ["sdk", "sdk"]
