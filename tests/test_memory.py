@@ -108,9 +108,9 @@ def test_a_users_malloc_arena_max_wins(monkeypatch):
     assert os.environ["MALLOC_ARENA_MAX"] == "6"
 
 
-def test_the_builds_worker_processes_start_with_few_malloc_arenas(no_arena_max, monkeypatch, tmp_path):
-    """DirectRunner multi_processing starts each SDK worker with the launcher's environment; the
-    build sets the limit before it starts them."""
+def _two_worker_build(monkeypatch, tmp_path) -> list[dict]:
+    """A catalog-only build on DirectRunner multi_processing with 2 workers; the environment each
+    SDK worker process was started with."""
     from galaxiesml.synthetic_catalog import make_catalog, write_catalog
     from pipeline.cli import run_pipeline
     from pipeline.options import GalaxiesMLOptions
@@ -120,7 +120,7 @@ def test_the_builds_worker_processes_start_with_few_malloc_arenas(no_arena_max, 
     class RecordingPopen(subprocess.Popen):
         def __init__(self, args, *rest, **kwargs):
             if "sdk_worker_main" in str(args):
-                workers.append((kwargs.get("env") or os.environ).get("MALLOC_ARENA_MAX"))
+                workers.append(dict(kwargs.get("env") or os.environ))
             super().__init__(args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
@@ -131,7 +131,14 @@ def test_the_builds_worker_processes_start_with_few_malloc_arenas(no_arena_max, 
         "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
     ]))
     assert (tmp_path / "out" / "summary.json").exists()
-    assert workers == [str(MALLOC_ARENAS)] * 2
+    return workers
+
+
+def test_the_builds_worker_processes_start_with_few_malloc_arenas(no_arena_max, monkeypatch, tmp_path):
+    """DirectRunner multi_processing starts each SDK worker with the launcher's environment; the
+    build sets the limit before it starts them."""
+    workers = _two_worker_build(monkeypatch, tmp_path)
+    assert [env.get("MALLOC_ARENA_MAX") for env in workers] == [str(MALLOC_ARENAS)] * 2
 
 
 def test_a_directrunner_build_runs_on_the_fnapirunner_never_prism(monkeypatch, tmp_path):
@@ -139,28 +146,12 @@ def test_a_directrunner_build_runs_on_the_fnapirunner_never_prism(monkeypatch, t
     of the DirectRunner runs on the FnApiRunner on every machine, with its worker processes."""
     from apache_beam.runners.portability import prism_runner
 
-    from galaxiesml.synthetic_catalog import make_catalog, write_catalog
-    from pipeline.cli import run_pipeline
-    from pipeline.options import GalaxiesMLOptions
-
-    tried, workers = [], []
+    tried = []
 
     def prism(self, pipeline, options):
         tried.append(options)
         raise RuntimeError("Prism is not reachable from the tests")
 
-    class RecordingPopen(subprocess.Popen):
-        def __init__(self, args, *rest, **kwargs):
-            workers.extend(["sdk"] if "sdk_worker_main" in str(args) else [])
-            super().__init__(args, *rest, **kwargs)
-
     monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", prism)
-    monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
-    rows, _ = make_catalog(200, seed=3)
-    write_catalog(rows, tmp_path / "catalog.csv")
-    run_pipeline(GalaxiesMLOptions([
-        "--catalog", str(tmp_path / "catalog.csv"), "--output", str(tmp_path / "out"), "--cutout_source=none",
-        "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2",
-    ]))
-    assert (tmp_path / "out" / "summary.json").exists()
-    assert tried == [] and workers == ["sdk", "sdk"]
+    workers = _two_worker_build(monkeypatch, tmp_path)
+    assert tried == [] and len(workers) == 2
