@@ -20,15 +20,24 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def hash_ids(ids: np.ndarray, seed: int) -> np.ndarray:
-    """Hash int64 ids with a seed into uint64."""
+#: Independent streams of hashes: draws of different purposes must not be the same draw, or
+#: choosing the galaxies of lowest hash (the mini sample) would also choose their split.
+BASE_STREAM = 0  # splits, dedup buckets
+MINI_STREAM = 1
+
+
+def hash_ids(ids: np.ndarray, seed: int, stream: int = BASE_STREAM) -> np.ndarray:
+    """Hash int64 ids with a seed into uint64; `stream` makes the hashes of one purpose independent
+    of another's for the same seed (stream 0 keeps the hashes every release used so far)."""
     salt = splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    if stream:
+        salt = splitmix64(np.array([salt ^ np.uint64(stream)], dtype=np.uint64))[0]
     return splitmix64(np.asarray(ids).view(np.uint64) ^ salt)
 
 
-def unit_interval(ids: np.ndarray, seed: int) -> np.ndarray:
+def unit_interval(ids: np.ndarray, seed: int, stream: int = BASE_STREAM) -> np.ndarray:
     """Map ids to [0, 1) uniformly and deterministically (53-bit resolution)."""
-    return (hash_ids(ids, seed) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    return (hash_ids(ids, seed, stream) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def hash_strings(values: pa.Array) -> np.ndarray:

@@ -12,6 +12,7 @@ from scipy.stats import ks_2samp
 
 from galaxiesml.cuts import PAPER_RULES, SampleCuts, apply_cuts
 from galaxiesml.mini import select_mini
+from galaxiesml.splits import assign_splits
 from galaxiesml.synthetic_catalog import make_catalog, make_galaxies, write_catalog
 from pipeline.cli import UserError, options, preflight, run_pipeline
 from tests.catalog_rows import HEADER, csv_line, row, typed_table
@@ -103,6 +104,19 @@ def test_mini_selection_is_nested_deterministic_and_stratified():
     assert set(ids[select_mini(ids, z, 1000, 1)]) != set(ids[m1])  # the seed matters
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_a_mini_sample_keeps_the_split_fractions(seed):
+    """The mini choice and the split are independent draws, also for equal seeds: a subset chosen
+    by the split's own hash was all training."""
+    g = make_galaxies(30_000, seed=3)
+    ids = g.column("object_id").to_numpy()
+    chosen = ids[select_mini(ids, g.column("specz_redshift").to_numpy(), 2000, seed)]
+    splits = assign_splits(chosen, seed)
+    share = {s: float(np.mean(splits == s)) for s in ("training", "validation", "testing")}
+    # 2,000 draws: one standard deviation is ~0.011 for 0.6, ~0.009 for 0.2
+    assert abs(share["training"] - 0.6) < 0.05 and abs(share["validation"] - 0.2) < 0.04, share
+
+
 @pytest.fixture(scope="module")
 def mini_catalog(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mini") / "cat.csv"
@@ -131,5 +145,6 @@ def test_mini_build_in_the_pipeline(mini_catalog, tmp_path):
     assert f["rejected_by_reason"]["mini_sample"] == len(full_ids) - 1000
     assert f["kept"] + f["rejected"] + f["duplicates"] == f["rows_read"]
     assert s1["run"]["mini_size"] == 1000
+    assert abs(f["kept_by_split"]["training"] - 600) < 60 and abs(f["kept_by_split"]["testing"] - 200) < 50, f["kept_by_split"]
     z = pq.read_table(sorted((tmp_path / "full" / "catalog").glob("kept-*.parquet"))).to_pandas()
     assert ks_2samp(z[z.object_id.isin(ids_1k)].specz_redshift, z.specz_redshift).pvalue > 0.01
