@@ -49,6 +49,11 @@ SIZES: tuple[int, ...] = (SIZE, CROP)
 IMAGE_COLUMN = {SIZE: "image", CROP: "image_64"}
 #: Rows per batch when streaming tabular columns (~1 KB a row).
 TABULAR_BATCH_ROWS = 8192
+#: Galaxies per batch when decoding images (~0.4 MB each at 127 x 127, with their flags). Parquet's
+#: reader holds a batch's nested-list levels beside its pixels, and two threads decode at once: at
+#: 64, consolidating 600 galaxies rose 255-290 MB above the process's base; at 16, 130-160 MB, in
+#: the same time (consecutive runs, both sizes); the pipeline's workers peaked in this step.
+IMAGE_BATCH_ROWS = 16
 READ_BUFFER_BYTES = 8 << 20
 #: The output's last bytes, which the next chunk written may share a page with, are left in the page cache.
 WRITE_BEHIND_MARGIN = 1 << 20
@@ -400,7 +405,7 @@ def consolidate(
     *,
     attrs: dict,
     compression: str | None = None,
-    batch_rows: int = 64,
+    batch_rows: int = IMAGE_BATCH_ROWS,
     threads: int = 2,
 ) -> dict:
     """Write one split's Parquet shards as one released HDF5 file (local `out_path`) of `size`
