@@ -1,12 +1,12 @@
 """Mini builds: a deterministic subset of N galaxies, stratified in redshift.
 
 Every galaxy gets a fixed priority: within its redshift bin (fixed 0.1-wide bins, so strata do not
-depend on the sample), its rank by a seeded hash of object_id, as a fraction of the bin's size. The hash is of its own
-stream (galaxiesml.hashing.MINI_STREAM): the split's hash of the same seed would put every chosen
-galaxy, those of lowest hash, in the training split.
-The N galaxies of lowest priority form the subset. Because priorities do not depend on N, the same
-N always gives the same galaxies and a larger N contains a smaller one; because each bin is taken
-at the same fraction, the redshift distribution follows the full sample's.
+depend on the sample), its rank by a seeded hash of object_id, as a fraction of the bin's size.
+The hash is of its own stream (galaxiesml.hashing.MINI_STREAM): the split's hash of the same seed
+would put every chosen galaxy, those of lowest hash, in the training split. The N galaxies of
+lowest priority form the subset. Because priorities do not depend on N, the same N always gives
+the same galaxies and a larger N contains a smaller one; because each bin is taken at the same
+fraction, the redshift distribution follows the full sample's.
 """
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ from galaxiesml.hashing import MINI_STREAM, unit_interval
 Z_BIN_EDGES = np.round(np.arange(0.0, 4.0 + 1e-9, 0.1), 10)
 
 
-def mini_priority(object_ids: np.ndarray, redshifts: np.ndarray, seed: int) -> np.ndarray:
-    """Each galaxy's priority in [0, 1): lower is chosen first."""
-    u = unit_interval(np.asarray(object_ids, dtype=np.int64), seed, MINI_STREAM)
+def mini_hash(object_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Each galaxy's seeded hash in [0, 1), from the mini sample's own stream."""
+    return unit_interval(np.asarray(object_ids, dtype=np.int64), seed, MINI_STREAM)
+
+
+def mini_priority(u: np.ndarray, redshifts: np.ndarray) -> np.ndarray:
+    """Each galaxy's priority in [0, 1) from its mini_hash `u` and redshift: lower is chosen first."""
     bins = np.digitize(np.asarray(redshifts, dtype=np.float64), Z_BIN_EDGES)
     order = np.lexsort((u, bins))
     sorted_bins = bins[order]
@@ -32,8 +36,8 @@ def mini_priority(object_ids: np.ndarray, redshifts: np.ndarray, seed: int) -> n
 
 def select_mini(object_ids: np.ndarray, redshifts: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Boolean mask of the `n` galaxies of the mini build (all of them if there are fewer)."""
-    priority = mini_priority(object_ids, redshifts, seed)
-    u = unit_interval(np.asarray(object_ids, dtype=np.int64), seed, MINI_STREAM)
+    u = mini_hash(object_ids, seed)
+    priority = mini_priority(u, redshifts)
     chosen = np.lexsort((u, priority))[:n]
     mask = np.zeros(len(priority), bool)
     mask[chosen] = True
