@@ -18,8 +18,8 @@ Measured, each run in a fresh process (benchmarks/measure.py), alternating 1 and
   peak RSS of the launching process and of the largest worker process; and, from the workers' RSS
   sampled over the run, the larger build's worker peak in each stretch as long as the whole smaller
   build (a run-long peak is the highest of many stretches). The smaller build runs --memory_repeats
-  times: its run-to-run spread is what the larger build's peaks are compared with. A 20,000-galaxy sky takes
-  ~50 min to pre-render, so these runs' stand-in answers every position from a pool of
+  times: its run-to-run spread is what the larger build's peaks are compared with. A 20,000-galaxy
+  sky takes ~50 min to pre-render, so these runs' stand-in answers every position from a pool of
   --pool_positions pre-rendered galaxies (PoolCache in galaxiesml/standins/cutout_service.py).
 
 Workers x --max_streams = 2, the HSC account's limit (1 worker: 2 streams; 2 workers: 1 each).
