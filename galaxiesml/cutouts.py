@@ -173,20 +173,26 @@ def pack_cutouts(cutouts: GalaxyCutouts) -> bytes:
 
 
 def unpack_cutouts(data: bytes, target: Target) -> GalaxyCutouts:
-    """The inverse of pack_cutouts; raises CutoutError for a damaged cache entry."""
+    """The inverse of pack_cutouts; raises CutoutError for a damaged or incomplete cache entry (a
+    tar cut at a member boundary reads without error, so the last member, missing.txt, must be
+    there)."""
     out = GalaxyCutouts(target.object_id, target.ra, target.dec)
+    complete = False
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
             for member in tar.getmembers():
                 data = tar.extractfile(member).read()  # type: ignore[union-attr]
                 if member.name == MISSING_MEMBER:
                     out.missing = data.decode().split()
+                    complete = True
                     continue
                 band, _, rest = member.name.partition("-")
                 out.cutouts[band] = data
                 out.filters[band] = rest.removesuffix(".fits")
     except (tarfile.TarError, OSError, AttributeError) as exc:
         raise CutoutError("bad_cache_entry", f"unreadable cache entry ({exc})") from exc
+    if not complete:
+        raise CutoutError("bad_cache_entry", f"incomplete cache entry (no {MISSING_MEMBER}, its last member)")
     return out
 
 

@@ -4,11 +4,13 @@ h5py cannot write to a non-seekable stream, so the released files are written lo
 copied afterwards. `gs://` destinations go through google-cloud-storage's resumable upload (large
 files survive a dropped connection; `STORAGE_EMULATOR_HOST` points the client at an emulator, which
 google-cloud-storage honours with anonymous credentials); anything else through Beam's FileSystems,
-written under a temporary name and renamed so a failed copy never leaves a partial file behind.
+with `created_atomically`.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
+from typing import BinaryIO, Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -16,6 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 #: Resumable upload chunk: a multiple of 256 KiB; bigger means fewer round trips, more memory.
 GCS_CHUNK_BYTES = 32 * 1024 * 1024
 COPY_BUFFER_BYTES = 16 * 1024 * 1024
+#: Filesystems whose objects appear only once their upload completes: no temporary name needed.
+OBJECT_STORES = ("gs", "s3", "azfs")
+PARTIAL_SUFFIX = ".partial"
 
 
 def join(base: str, *parts: str) -> str:
@@ -43,12 +48,31 @@ def upload(local_path: str, dest: str, chunk_size: int = GCS_CHUNK_BYTES) -> str
         blob = storage.Client().bucket(bucket).blob(key, chunk_size=chunk_size)
         blob.upload_from_filename(local_path)
         return dest
-    partial = dest + ".partial"
-    with open(local_path, "rb") as src, FileSystems.create(
-        partial, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
-    ) as out:
+    with open(local_path, "rb") as src, created_atomically(dest) as out:
         shutil.copyfileobj(src, out, COPY_BUFFER_BYTES)
+    return dest
+
+
+@contextlib.contextmanager
+def created_atomically(dest: str) -> Iterator[BinaryIO]:
+    """A new file (any Beam filesystem) that appears at `dest` whole or not at all.
+
+    On a disk it is written under `dest` + ".partial" and renamed once closed, so a build killed
+    mid-write leaves no truncated file that a resumed build would take for a finished one; an
+    earlier file at `dest` is replaced. Object stores publish an object only when its upload
+    completes, so there it is written in place."""
+    if FileSystems.get_scheme(dest) in OBJECT_STORES:
+        with FileSystems.create(dest, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            yield out
+        return
+    partial = dest + PARTIAL_SUFFIX
+    try:
+        with FileSystems.create(partial, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            yield out
+    except BaseException:
+        with contextlib.suppress(Exception):
+            FileSystems.delete([partial])
+        raise
     if FileSystems.exists(dest):
         FileSystems.delete([dest])
     FileSystems.rename([partial], [dest])
-    return dest

@@ -23,6 +23,7 @@ from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import CatalogError, catalog_columns, check_columns
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from galaxiesml.memory import limit_malloc_arenas_in_workers
+from galaxiesml.storage import created_atomically
 from pipeline.build import build, run_info
 from pipeline.options import GalaxiesMLOptions, cutout_config, expand_preset, parse_fractions, sample_cuts
 from pipeline.progress import Progress
@@ -76,7 +77,7 @@ def _check_output(opts: GalaxiesMLOptions) -> None:
                 f"{opts.output} holds another build (it differs in {', '.join(differs)}): choose another "
                 "--output, or pass --overwrite to replace it"
             )
-    with FileSystems.create(path) as f:
+    with created_atomically(path) as f:
         f.write(json.dumps(info, indent=2, sort_keys=True).encode())
 
 

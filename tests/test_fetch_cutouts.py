@@ -3,6 +3,7 @@ the das_cutout stand-in on loopback (faults, coverage, cache) and the local-patc
 from __future__ import annotations
 
 import io
+import tarfile
 
 import apache_beam as beam
 import numpy as np
@@ -111,6 +112,21 @@ def test_bands_stack_in_order_and_missing_bands_name_themselves():
         galaxy_image(g)
     back = unpack_cutouts(pack_cutouts(g), Target(1, 150.0, 2.0))
     assert back.missing == ["z"] and "z" not in back.cutouts  # "no coverage" is remembered too
+
+
+def test_a_cut_short_cache_entry_is_refused_not_read_as_fewer_bands():
+    g = GalaxyCutouts(1, 150.0, 2.0)
+    for band in BANDS:
+        g.cutouts[band] = fits_cutout(np.zeros((30, 30)), (15, 15))
+    whole = pack_cutouts(g)
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
+        starts = [m.offset for m in tar.getmembers()]
+    assert len(starts) == 6
+    # cut at every member boundary (tarfile reads those without complaint) and inside members
+    for end in starts[1:] + [starts[2] + 700, starts[-1] + 100]:
+        with pytest.raises(CutoutError, match="cache entry") as err:
+            unpack_cutouts(whole[:end], Target(1, 150.0, 2.0))
+        assert err.value.reason == "bad_cache_entry"
 
 
 def test_request_batches_stay_under_the_row_limit_in_even_shares():

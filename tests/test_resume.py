@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from galaxiesml.cutouts import unpack_cutouts
 from galaxiesml.dataset import cube_numpy
 from galaxiesml.hsc.credentials import Credentials
+from galaxiesml.hsc.cutout_client import Target
 from galaxiesml.sky import make_sky, write_sky
 from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService
 from galaxiesml.standins.faults import Faults
@@ -49,8 +51,11 @@ def test_killed_build_resumes_to_the_same_dataset(tmp_path, monkeypatch):
             time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        cached = len(list(cache.rglob("*.tar")))
+        entries = sorted(cache.rglob("*.tar"))
+        cached = len(entries)
         assert cached >= 6, "the build should have been killed midway"
+        for entry in entries:  # the kill leaves no entry cut short under its final name
+            unpack_cutouts(entry.read_bytes(), Target(int(entry.stem), 0.0, 0.0))
         assert not (out / "summary.json").exists()
 
         requests_before = slow.stats["rows"]

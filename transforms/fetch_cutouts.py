@@ -42,6 +42,7 @@ from galaxiesml.hsc.format import GALAXIES_PER_REQUEST, PAPER_HALF_WIDTH, PDR2_C
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.memory import release_free_memory
 from galaxiesml.schema import BANDS
+from galaxiesml.storage import created_atomically
 from transforms import arrow  # noqa: F401  (request batches travel as Arrow tables)
 from transforms.metrics import increment
 
@@ -170,7 +171,7 @@ class _FetchBatch(beam.DoFn):
         for g in fetched:
             cutouts[g.object_id] = g
             if self._cache_dir and cacheable(g):
-                with FileSystems.create(FileSystems.join(self._cache_dir, cache_name(g.object_id))) as f:
+                with created_atomically(FileSystems.join(self._cache_dir, cache_name(g.object_id))) as f:
                     f.write(pack_cutouts(g))
         del fetched
         counts = {"cutouts.cached": len(rows) - len(to_fetch), "cutouts.fetched": len(to_fetch), "cutouts.retried": retries}

@@ -10,6 +10,7 @@ from apache_beam.io.parquetio import WriteToParquet, WriteToParquetBatched
 
 from galaxiesml.funnel import merge_counts, summarize
 from galaxiesml.schema import DUPLICATE_SCHEMA, FAILED_SCHEMA, KEPT_SCHEMA, REJECTED_SCHEMA
+from galaxiesml.storage import created_atomically
 from transforms import arrow  # noqa: F401
 
 TABLE_OUTPUTS = {"kept": KEPT_SCHEMA, "rejected": REJECTED_SCHEMA, "duplicates": DUPLICATE_SCHEMA}
@@ -44,7 +45,7 @@ class WriteCatalog(beam.PTransform):
 
 def _write_summary(counts: dict, path: str, run: dict) -> dict:
     summary = {"funnel": summarize(counts), "run": run}
-    with FileSystems.create(path) as f:
+    with created_atomically(path) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
     return summary
 

@@ -1,0 +1,33 @@
+"""Files the build writes in place (cutout cache entries, summary.json, build.json) appear whole or
+not at all, so a build killed mid-write leaves nothing a resumed build would take for finished."""
+from __future__ import annotations
+
+import pytest
+
+from galaxiesml.storage import PARTIAL_SUFFIX, created_atomically
+
+
+def test_a_file_appears_only_once_closed_and_replaces_an_older_one(tmp_path):
+    dest = tmp_path / "sub" / "entry.tar"
+    with created_atomically(str(dest)) as f:
+        f.write(b"first half ")
+        f.flush()
+        assert not dest.exists()  # a kill here leaves only the .partial file
+        assert (tmp_path / "sub" / ("entry.tar" + PARTIAL_SUFFIX)).exists()
+        f.write(b"second half")
+    assert dest.read_bytes() == b"first half second half"
+    with created_atomically(str(dest)) as f:
+        f.write(b"newer")
+    assert dest.read_bytes() == b"newer"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["entry.tar"]
+
+
+def test_a_failed_write_leaves_the_older_file_and_no_partial(tmp_path):
+    dest = tmp_path / "summary.json"
+    dest.write_bytes(b"older")
+    with pytest.raises(RuntimeError, match="disk gone"):
+        with created_atomically(str(dest)) as f:
+            f.write(b"half")
+            raise RuntimeError("disk gone")
+    assert dest.read_bytes() == b"older"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
