@@ -3,7 +3,6 @@ deterministic, coverage gaps behave like das_cutout's, and the catalog points at
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -231,13 +230,14 @@ def test_render_cost_does_not_grow_with_the_sky():
                       **{f"mag_{b}": np.full(n, 23.0) for b in BANDS}})
     sky = Sky(truth, layout)
     k = int(np.flatnonzero(np.array(sky.truth.column("filter_i").to_pylist()) == FILTERS["i"])[0])
-    start = time.perf_counter()
+    drawn = []
+    profile = sky.profile
+    sky.profile = lambda i, band: drawn.append(i) or profile(i, band)  # count what the render draws
     cut = sky.cutout("HSC-I", ra[k], dec[k], 10.584)
-    elapsed = time.perf_counter() - start
     box = (cut.x0, cut.x0 + cut.image.shape[1], cut.y0, cut.y0 + cut.image.shape[0])
     near = sky.sources_near(*box)
     assert k in near and len(near) < 30
     x, y = sky.truth.column("x").to_numpy(), sky.truth.column("y").to_numpy()
     brute = np.flatnonzero((x > box[0] - 20) & (x < box[1] + 19) & (y > box[2] - 20) & (y < box[3] + 19))
     assert set(brute) <= set(near)
-    assert elapsed < 2.0
+    assert k in drawn and len(drawn) <= len(near)  # not the 100,000
