@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import uuid
 from typing import BinaryIO, Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -20,7 +21,9 @@ GCS_CHUNK_BYTES = 32 * 1024 * 1024
 COPY_BUFFER_BYTES = 16 * 1024 * 1024
 #: Filesystems whose objects appear only once their upload completes: no temporary name needed.
 OBJECT_STORES = ("gs", "s3", "azfs")
-PARTIAL_SUFFIX = ".partial"
+#: A file being written is `<dest>.partial-<random>`: one name per writer, so two builds that share a
+#: cache and write the same entry at once never write into one file.
+PARTIAL_SUFFIX = ".partial-"
 
 
 def join(base: str, *parts: str) -> str:
@@ -57,15 +60,15 @@ def upload(local_path: str, dest: str, chunk_size: int = GCS_CHUNK_BYTES) -> str
 def created_atomically(dest: str) -> Iterator[BinaryIO]:
     """A new file (any Beam filesystem) that appears at `dest` whole or not at all.
 
-    On a disk it is written under `dest` + ".partial" and renamed once closed, so a build killed
-    mid-write leaves no truncated file that a resumed build would take for a finished one; an
-    earlier file at `dest` is replaced. Object stores publish an object only when its upload
+    Elsewhere it is written under a temporary name beside it and renamed once closed, so a build
+    killed mid-write leaves no truncated file that a resumed build would take for a finished one;
+    an earlier file at `dest` is replaced. Object stores publish an object only when its upload
     completes, so there it is written in place."""
     if FileSystems.get_scheme(dest) in OBJECT_STORES:
         with FileSystems.create(dest, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             yield out
         return
-    partial = dest + PARTIAL_SUFFIX
+    partial = f"{dest}{PARTIAL_SUFFIX}{uuid.uuid4().hex}"
     try:
         with FileSystems.create(partial, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             yield out
@@ -73,6 +76,6 @@ def created_atomically(dest: str) -> Iterator[BinaryIO]:
         with contextlib.suppress(Exception):
             FileSystems.delete([partial])
         raise
-    if FileSystems.exists(dest):
-        FileSystems.delete([dest])
+    if FileSystems.get_scheme(dest) not in (None, "file") and FileSystems.exists(dest):
+        FileSystems.delete([dest])  # a local rename replaces in one step; others (HDFS) refuse to
     FileSystems.rename([partial], [dest])

@@ -12,8 +12,8 @@ def test_a_file_appears_only_once_closed_and_replaces_an_older_one(tmp_path):
     with created_atomically(str(dest)) as f:
         f.write(b"first half ")
         f.flush()
-        assert not dest.exists()  # a kill here leaves only the .partial file
-        assert (tmp_path / "sub" / ("entry.tar" + PARTIAL_SUFFIX)).exists()
+        assert not dest.exists()  # a kill here leaves only the partial file
+        assert len(list(dest.parent.glob("entry.tar" + PARTIAL_SUFFIX + "*"))) == 1
         f.write(b"second half")
     assert dest.read_bytes() == b"first half second half"
     with created_atomically(str(dest)) as f:
@@ -31,3 +31,18 @@ def test_a_failed_write_leaves_the_older_file_and_no_partial(tmp_path):
             raise RuntimeError("disk gone")
     assert dest.read_bytes() == b"older"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_writers_of_one_entry_at_once_each_leave_a_whole_file(tmp_path):
+    """Two builds sharing a cache may write the same galaxy's entry at the same moment."""
+    dest = str(tmp_path / "entry.tar")
+    first, second = created_atomically(dest), created_atomically(dest)
+    a, b = first.__enter__(), second.__enter__()
+    a.write(b"A" * 5000)
+    b.write(b"B" * 3000)
+    a.write(b"A" * 5000)
+    first.__exit__(None, None, None)
+    assert (tmp_path / "entry.tar").read_bytes() == b"A" * 10000
+    second.__exit__(None, None, None)
+    assert (tmp_path / "entry.tar").read_bytes() == b"B" * 3000
+    assert [p.name for p in tmp_path.iterdir()] == ["entry.tar"]
