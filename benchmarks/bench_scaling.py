@@ -12,7 +12,10 @@ Measured, each run in a fresh process (benchmarks/measure.py), alternating 1 and
 - `throughput`: `--mini_size` --throughput_galaxies of the catalog, the full build with the Sersic
   fit; and the same build with `--cutout_source none` (the catalog stages and Beam's start-up
   alone), to separate the images + morphology part. The Beam job and the data card that the
-  launcher draws after it (~5 s, the same for any number of workers) are timed apart.
+  launcher draws after it (~5 s, the same for any number of workers) are timed apart. After each
+  round, the host's own ceiling for that work: the morphology (sep + Sersic fit, no Beam, no I/O)
+  of --host_galaxies of the built galaxies in one process, then in two at once; what 2 workers gain
+  is read against it, round by round, since what the shared host leaves this machine moves both.
 - `memory` (results/scaling_memory.md): full builds of skies of each --memory_galaxies size on 2
   workers, `--no_sersic` to fit the time budget (the fit changes CPU, not what is held in memory),
   peak RSS of the launching process and of the largest worker process; and, from the workers' RSS
@@ -41,13 +44,17 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from benchmarks.measure import measure
+from benchmarks.measure import ROOT
 from benchmarks.standin import (
     BENCH_CREDENTIALS, POOL_INDEX, ServerProcess, build_pool, cache_files, prerender_cache, request_keys,
 )
@@ -234,6 +241,53 @@ def memory_runs(args) -> None:
     print("\n".join(lines))
 
 
+_HOST_CHILD = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {root!r})
+from galaxiesml.morphology import measure_galaxy
+cubes = np.load({cubes!r})
+measure_galaxy(cubes[0], None)  # the Sersic fitter's one-off set-up, as a worker's first galaxy
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.perf_counter()
+for cube in cubes:
+    measure_galaxy(cube, None)
+print(time.perf_counter() - t0, flush=True)
+"""
+
+
+def save_host_cubes(output: str, path: str, galaxies: int) -> None:
+    """The first `galaxies` image cubes of a build's training split, for host_ratio."""
+    from galaxiesml.dataset import cube_numpy
+
+    table = pq.read_table(sorted(glob.glob(f"{output}/galaxies/training/part-*.parquet")), columns=["image"])
+    np.save(path, cube_numpy(table.column("image").slice(0, galaxies)))
+
+
+def host_ratio(cubes: Path) -> float:
+    """How much more of the pipeline's main per-galaxy work (measure_galaxy) 2 processes do than 1
+    on this host right now: the same cubes measured by one process alone, then by two at once (both
+    set up before either starts). 2.0 is two whole cores."""
+    code = _HOST_CHILD.format(root=str(ROOT), cubes=str(cubes))
+
+    def run(n: int) -> list[float]:
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True, cwd=ROOT) for _ in range(n)]
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready"
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        times = [float(p.stdout.readline()) for p in procs]
+        for p in procs:
+            p.wait()
+        return times
+
+    (alone,) = run(1)
+    return sum(alone / t for t in run(2))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sky_galaxies", type=int, default=2000, help="galaxies in the sky (the memory run builds all)")
@@ -244,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds of the throughput runs")
     p.add_argument("--galaxies_per_request", type=int, default=198,
                    help="galaxies per cutout request in the throughput runs (fewer: more request batches to spread)")
+    p.add_argument("--host_galaxies", type=int, default=120,
+                   help="galaxies each process measures in the host-ceiling baseline after each round (~6 s each)")
     p.add_argument("--skip_memory", action="store_true")
     p.add_argument("--skip_throughput", action="store_true")
     p.add_argument("--memory_galaxies", type=int, nargs="+", default=[2000, 20000],
@@ -280,23 +336,28 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["HSC_SSP_CAS_USER"], os.environ["HSC_SSP_CAS_PASSWORD"] = BENCH_CREDENTIALS.user, BENCH_CREDENTIALS.password
     target = "benchmarks.bench_scaling:run_build"
     mini = ["--mini_size", str(args.throughput_galaxies), "--galaxies_per_request", str(args.galaxies_per_request)]
-    plan = []
-    for _ in range(args.rounds):
-        for workers in (1, 2):
-            plan.append(("full", workers, [*mini, "--cutout_source", "service"]))
-            plan.append(("catalog", workers, [*mini, "--cutout_source", "none"]))
+    plan = [(kind, workers, [*mini, "--cutout_source", source])
+            for workers in (1, 2) for kind, source in (("full", "service"), ("catalog", "none"))]
     results: dict[tuple[str, int], list[dict]] = {}
+    hosts: list[float] = []
+    host_cubes = work / "host-cubes.npy"
+    host_cubes.unlink(missing_ok=True)
     loads = []
     measured_t0 = time.perf_counter()
     with ServerProcess(args.sky_galaxies, args.seed, cache_dir, work / "server.log") as server:
         before = cache_files(cache_dir)
-        for kind, workers, extra in plan:
-            out = str(work / f"out-{kind}-{workers}")
-            res = measure(target, catalog, out, server.url, workers, extra)["result"]
-            results.setdefault((kind, workers), []).append(res)
-            loads.append(os.getloadavg()[0])
-            print(f"{kind} {workers} worker(s): {res['seconds']:.1f} s, kept {res['kept']}, failed {res['failed']}, "
-                  f"launcher {res['launcher_peak_mb']:.0f} MB, worker {res['worker_peak_mb']:.0f} MB", flush=True)
+        for _ in range(args.rounds):
+            for kind, workers, extra in plan:
+                out = str(work / f"out-{kind}-{workers}")
+                res = measure(target, catalog, out, server.url, workers, extra)["result"]
+                results.setdefault((kind, workers), []).append(res)
+                loads.append(os.getloadavg()[0])
+                print(f"{kind} {workers} worker(s): {res['seconds']:.1f} s, kept {res['kept']}, failed {res['failed']}, "
+                      f"launcher {res['launcher_peak_mb']:.0f} MB, worker {res['worker_peak_mb']:.0f} MB", flush=True)
+                if kind == "full" and not host_cubes.exists():  # in a child: its memory is not this process's
+                    measure("benchmarks.bench_scaling:save_host_cubes", out, str(host_cubes), args.host_galaxies)
+            hosts.append(host_ratio(host_cubes))
+            print(f"host: 2 processes / 1 = {hosts[-1]:.2f}", flush=True)
         rendered_while_serving = cache_files(cache_dir) - before
     measured_s = time.perf_counter() - measured_t0
 
@@ -321,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = -(-n // args.galaxies_per_request)
     rounds = list(zip(results[("full", 1)], results[("full", 2)]))
     by_round = lambda key: ", ".join(f"{a[key] / b[key]:.2f}" for a, b in rounds)  # noqa: E731
+    of_host = [a["seconds"] / b["seconds"] / h for (a, b), h in zip(rounds, hosts)]
     lines = [
         "# End-to-end scaling on DirectRunner: 1 vs 2 workers (issue 7; memory per worker: scaling_memory.md)",
         "",
@@ -359,6 +421,12 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Round by round (each round runs 1 worker, then 2, close in time), 2 workers / 1 worker: {by_round('job_s')} for "
         f"the Beam job, {by_round('seconds')} for the whole build.",
+        "",
+        f"The host's own ceiling after each round (measure_galaxy on {args.host_galaxies} of the built galaxies, "
+        f"2 processes at once / 1 alone): {', '.join(f'{h:.2f}' for h in hosts)}. The whole build's round ratio as a "
+        f"share of it: {', '.join(f'{e:.0%}' for e in of_host)} (median {statistics.median(of_host):.0%}). Below 100%: what does not "
+        "scale with workers (Beam's start-up, the catalog stages, the HDF5 step's largest file, the data card), each "
+        "worker's own set-up, and the host's share moving during the builds (the ceiling is a sample of ~15 s).",
         "",
         f"CPU time of the best runs, for the same galaxies: {f1['cpu_s']:.0f} CPU-s on 1 worker, {f2['cpu_s']:.0f} on 2. "
         "What 2 workers gain in wall time depends on the shared host leaving this machine both of its cores, hence "
