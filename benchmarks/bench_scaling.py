@@ -53,8 +53,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from benchmarks.measure import measure
-from benchmarks.measure import ROOT
+from benchmarks.measure import ROOT, measure
 from benchmarks.standin import (
     BENCH_CREDENTIALS, POOL_INDEX, ServerProcess, build_pool, cache_files, prerender_cache, request_keys,
 )

@@ -60,11 +60,12 @@ def upload(local_path: str, dest: str, chunk_size: int = GCS_CHUNK_BYTES) -> str
 def created_atomically(dest: str) -> Iterator[BinaryIO]:
     """A new file (any Beam filesystem) that appears at `dest` whole or not at all.
 
-    Elsewhere it is written under a temporary name beside it and renamed once closed, so a build
-    killed mid-write leaves no truncated file that a resumed build would take for a finished one;
-    an earlier file at `dest` is replaced. Object stores publish an object only when its upload
-    completes, so there it is written in place."""
-    if FileSystems.get_scheme(dest) in OBJECT_STORES:
+    Object stores publish an object only when its upload completes, so there it is written in
+    place. Elsewhere it is written under a temporary name beside it and renamed once closed, so a
+    build killed mid-write leaves no truncated file that a resumed build would take for a finished
+    one; an earlier file at `dest` is replaced."""
+    scheme = FileSystems.get_scheme(dest)
+    if scheme in OBJECT_STORES:
         with FileSystems.create(dest, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             yield out
         return
@@ -76,6 +77,6 @@ def created_atomically(dest: str) -> Iterator[BinaryIO]:
         with contextlib.suppress(Exception):
             FileSystems.delete([partial])
         raise
-    if FileSystems.get_scheme(dest) not in (None, "file") and FileSystems.exists(dest):
+    if scheme not in (None, "file") and FileSystems.exists(dest):
         FileSystems.delete([dest])  # a local rename replaces in one step; others (HDFS) refuse to
     FileSystems.rename([partial], [dest])
