@@ -2,7 +2,7 @@
 
 The paper (section 3.4, appendix 10) ran Source Extractor (SE) 2.25 on each 127x127 band image.
 This module reproduces those measurements with sep, set up like SE with the paper's configuration
-(/work/shared/notes/sextractor/morph.sex), and adds a PSF-convolved Sersic fit for the Sersic index.
+(tests/data/sextractor/morph.sex), and adds a PSF-convolved Sersic fit for the Sersic index.
 docs/morphology.md gives every definition and choice in full; in short:
 
 * Background: SE's mesh (BACK_SIZE 64, BACK_FILTERSIZE 3), subtracted; the detection threshold is

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-REAL_HSC = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_hsc"
+#: Real HSC stamps and PSFs shipped with the tests (origin and licence in their README.md).
+REAL_HSC = Path(__file__).resolve().parent / "data" / "real_hsc"
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Run Debian's Source Extractor 2.25 (`source-extractor`) with the paper's reference configuration
-(/work/shared/notes/sextractor/) on one image, as the paper did: one subprocess per image."""
+(tests/data/sextractor/) on one image, as the paper did: one subprocess per image."""
 from __future__ import annotations
 
 import shutil
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 SE_BINARY = shutil.which("source-extractor") or shutil.which("sex")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "shared" / "notes" / "sextractor"
+CONFIG_DIR = Path(__file__).resolve().parent / "data" / "sextractor"
 #: The columns compared with galaxiesml.morphology, by the name SE prints.
 SE_TO_OURS = {
     "A_IMAGE": "major_axis",

@@ -26,8 +26,9 @@ from galaxiesml.sky import (
     write_sky,
 )
 from galaxiesml.synthetic_catalog import WIDE_DEPTH, Region, make_galaxies
+from tests.conftest import REAL_HSC
 
-REAL_PSF = Path("/work/shared/data/real_hsc/PSF_HSC.fits")
+REAL_PSF = REAL_HSC / "PSF_HSC.fits"
 RA0, DEC0 = 150.0, 2.0
 
 

@@ -1,4 +1,4 @@
-"""Client of the HSC PDR2 catalog job API (see /work/shared/notes/hsc-services.md).
+"""Client of the HSC PDR2 catalog job API (see docs/hsc-services.md).
 
 Every call is a POST of JSON carrying {"credential": {...}, "clientVersion": 20190514.1}: `submit`
 a SQL job, poll `status` (waiting | running | done | error) with backoff from 1 s up to 300 s, then

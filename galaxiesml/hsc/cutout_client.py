@@ -1,4 +1,4 @@
-"""Client of the HSC PDR2 das_cutout bulk service (see /work/shared/notes/hsc-services.md).
+"""Client of the HSC PDR2 das_cutout bulk service (see docs/hsc-services.md).
 
 Rows go up as a `#? rerun filter ra dec sw sh` list file (object id as the comment) in a multipart
 POST with HTTP Basic auth, at most 990 rows (198 galaxies x 5 bands) per request. The tar reply is

@@ -1,6 +1,6 @@
 """Facts about HSC PDR2 cutout files and replies that the clients, the stand-ins and the synthetic
 sky all rely on: filter names, zero point, pixel scale, mask planes and tar member names.
-Kept in one place so the three cannot drift apart (see /work/shared/notes/hsc-services.md)."""
+Kept in one place so the three cannot drift apart (see docs/hsc-services.md)."""
 from __future__ import annotations
 
 import re

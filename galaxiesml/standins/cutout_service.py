@@ -1,6 +1,6 @@
 """A loopback stand-in of the HSC PDR2 das_cutout service, serving cutouts of a synthetic sky.
 
-It follows /work/shared/notes/hsc-services.md: a multipart POST of a `list` file with HTTP Basic
+It follows docs/hsc-services.md: a multipart POST of a `list` file with HTTP Basic
 auth; a `#? rerun filter ra dec sw sh [image mask variance type tract]` header; half sizes with a
 unit; at most 1000 rows (406 above, and for any malformed list); an uncompressed tar reply whose
 members are `arch-<n>-<n>/<lineno>-cutout-<FILTER>-<tract>-<rerun>.fits`, lineno counting the
