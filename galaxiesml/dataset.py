@@ -71,10 +71,16 @@ PLANE_FIELDS = {
 }
 
 
+def numpy_dtype(t: pa.DataType) -> np.dtype:
+    """The numpy dtype of an Arrow primitive type (pyarrow's own `to_pandas_dtype` needs pandas,
+    which the job does not install)."""
+    return pa.array([], type=t).to_numpy(zero_copy_only=False).dtype
+
+
 def cube_array(cubes: np.ndarray, value_type: pa.DataType) -> pa.Array:
     """(N, B, S, S) numpy -> Arrow nested fixed-size lists (cube_type), without copying the pixels twice."""
     n, b, s, _ = cubes.shape
-    array: pa.Array = pa.array(np.ascontiguousarray(cubes, dtype=value_type.to_pandas_dtype()).ravel(), value_type)
+    array: pa.Array = pa.array(np.ascontiguousarray(cubes, dtype=numpy_dtype(value_type)).ravel(), value_type)
     for k in (s, s, b):
         array = pa.FixedSizeListArray.from_arrays(array, type=_fixed_list(array.type, k))
     return array

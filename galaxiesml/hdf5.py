@@ -39,7 +39,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml.cutouts import CROP, SIZE
-from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, flag_cubes
+from galaxiesml.dataset import GALAXY_SCHEMA, TABULAR_COLUMNS, cube_numpy, flag_cubes, numpy_dtype
 from galaxiesml.hsc.format import PIXEL_SCALE, ZERO_POINT
 from galaxiesml.memory import use_jemalloc
 from galaxiesml.schema import BANDS
@@ -294,7 +294,7 @@ def _hdf5_dtype(field: pa.Field, layout: Layout) -> tuple[np.dtype, tuple[int, .
         t, extra = t.value_type, (t.list_size,)
     if _kind(t) == "bytes":
         return np.dtype(f"S{layout.string_lengths[field.name]}"), extra
-    return np.dtype(t.to_pandas_dtype()), extra
+    return numpy_dtype(t), extra
 
 
 def _write_rows(dataset: h5py.Dataset, rows: np.ndarray, values: np.ndarray) -> None:
