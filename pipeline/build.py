@@ -47,8 +47,12 @@ def run_info(opts: GalaxiesMLOptions) -> dict:
         "cutout_source": opts.cutout_source,
         "versions": versions(),
     }
+    if opts.synthetic_sky:
+        info["synthetic_sky"] = opts.synthetic_sky
     if opts.cutout_source != "none":
         info["cutouts"] = dataclasses.asdict(cutout_config(opts))  # no credentials: they stay in the environment
+        if opts.synthetic_sky:  # a loopback address of this run alone, not where the images come from
+            info["cutouts"]["url"] = "the demo's stand-in of the cutout service, on loopback"
         info["psf"] = opts.psf or "Moffat FWHM 0.7 arcsec"
         info["sersic_fit"] = not opts.no_sersic
     return info

@@ -4,17 +4,22 @@
 Mistakes a user can fix are one line each, saying what to do (`--verbose` adds the traceback)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
+import difflib
 import json
 import logging
+import re
 import sys
+import sysconfig
 import traceback
 import zlib
+from pathlib import Path
 
 import apache_beam as beam
 import requests
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, StandardOptions, WorkerOptions
 from apache_beam.portability.api import beam_provision_api_pb2
 from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo, FnApiRunner
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
@@ -25,24 +30,61 @@ from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from galaxiesml.memory import limit_malloc_arenas_in_workers
 from galaxiesml.storage import created_atomically
 from pipeline.build import build, run_info
-from pipeline.options import GalaxiesMLOptions, cutout_config, expand_preset, parse_fractions, sample_cuts
-from pipeline.progress import Progress
+from pipeline.options import (
+    GalaxiesMLOptions,
+    UserError,
+    check_flags,
+    cutout_config,
+    expand_preset,
+    options_parser,
+    parse_fractions,
+    sample_cuts,
+)
+from pipeline.progress import Progress, worker_output_discarded
 from transforms.read_catalog import open_catalog
 
 BUILD_FILE = "build.json"
-#: What makes two builds the same build (a rerun into the same output resumes it).
-IDENTITY = ("catalog", "preset", "split_seed", "split_fractions", "extra_cuts", "mini_size", "mini_seed", "cutout_source", "cutouts", "psf", "sersic_fit")
+#: What makes two builds the same build (a rerun into the same output resumes it): what shapes the
+#: data, never where it was fetched from on this run (a stand-in's loopback port, the cache, streams).
+IDENTITY = ("catalog", "synthetic_sky", "preset", "split_seed", "split_fractions", "extra_cuts", "mini_size", "mini_seed",
+            "cutout_source", "cutouts", "psf", "sersic_fit")
+#: The fields of the cutout settings that shape the images.
+CUTOUT_IDENTITY = ("source", "url", "patch_root", "half_width", "planes")
+#: Every output folder and file a build writes, with what it holds (the cutout cache is apart: it
+#: outlives builds).
+OUTPUTS = {
+    "hdf5/": "the released files: 5x127x127 and 5x64x64 images with every column, per split",
+    "galaxies/": "the dataset as Parquet shards per split (images, catalog and morphology columns)",
+    "csv/": "the tabular columns of each split",
+    "datacard/": "the data card (index.html, README.md)",
+    "catalog/": "the catalog rows kept, rejected (with reasons), duplicates and failed galaxies",
+    "summary.json": "the funnel from catalog rows to galaxies, and the options",
+    "build.json": "what identifies this build (a rerun resumes it)",
+}
 
-USAGE = """usage: python -m pipeline [run] --catalog PATTERN --output DIR [Beam flags...]
-       python -m pipeline demo [--galaxies N] [--seed S] [--output DIR] [options, Beam flags...]
-       python -m pipeline generate-catalog --rows N --out FILE
-       python -m pipeline report OUTPUT_DIR   (the data card of a built output)
+PROG = "python -m pipeline"
+COMMANDS = {
+    "run": "build the dataset from an HSC catalog (the default when the first argument is a flag)",
+    "demo": "the whole build offline: a synthetic HSC sky served by a local stand-in of the cutout service",
+    "generate-catalog": "write a synthetic HSC catalog export of any size",
+    "report": "make the data card of a built output again",
+    "verify": "check a built output (shapes, dtypes, counts, disjoint splits)",
+}
+USAGE = f"""usage: {PROG} COMMAND [options]
 
-`python -m pipeline run --help` lists every option, ours and Beam's."""
+Builds the GalaxiesML dataset (HSC PDR2 galaxies with spectroscopic redshifts, 5-band images and
+morphology) as an Apache Beam job.
+
+commands:
+""" + "\n".join(f"  {name:<18}{text}" for name, text in COMMANDS.items()) + f"""
+
+`{PROG} COMMAND --help` shows a command's options. `run` and `demo` also take every Beam
+flag (--runner, --direct_num_workers, Dataflow's and Flink's): `{PROG} run --help-beam` lists them.
+New here? `{PROG} demo` builds a small dataset offline in a few minutes."""
 
 
-class UserError(Exception):
-    """A mistake the user can fix; printed as one line without a traceback."""
+class AlreadyBuilt(Exception):
+    """The output already holds this build, complete: nothing to do."""
 
 
 def _check_gcs(*paths: str) -> None:
@@ -64,19 +106,57 @@ def _check_service(url: str) -> None:
         )
 
 
+def identity(info: dict) -> dict:
+    """The part of a build's recorded options that shapes its data (see IDENTITY)."""
+    out = {k: info.get(k) for k in IDENTITY}
+    if out["cutouts"]:
+        out["cutouts"] = {k: out["cutouts"].get(k) for k in CUTOUT_IDENTITY}
+    return out
+
+
+def catalog_files(pattern: str) -> list[list]:
+    """(path, size) of each catalog file: a finished build is done only while these are unchanged."""
+    return sorted([m.path, m.size_in_bytes] for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+
+def remove_outputs(output: str) -> None:
+    """Remove every output of a build from `output` (OUTPUTS, Beam's temporary folders with them),
+    never anything else there: the cutout cache, the demo's input, a user's own files stay."""
+    for name in OUTPUTS:
+        path = FileSystems.join(output, name.rstrip("/"))
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
+
 def _check_output(opts: GalaxiesMLOptions) -> None:
-    """Refuse an output directory that holds another build; record this build's identity there."""
+    """Refuse an output directory that holds another build; stop early when it holds this build,
+    complete; otherwise record this build's identity there (a rerun then resumes it)."""
     info = json.loads(json.dumps(run_info(opts)))  # as it reads back (tuples become lists)
     path = FileSystems.join(opts.output, BUILD_FILE)
-    if FileSystems.exists(path) and not opts.overwrite:
+    if opts.overwrite:
+        remove_outputs(opts.output)
+    elif FileSystems.exists(path):
         with FileSystems.open(path) as f:
             other = json.load(f)
-        differs = [k for k in IDENTITY if other.get(k) != info.get(k)]
+        mine, theirs = identity(info), identity(other)
+        differs = [k for k in IDENTITY if mine[k] != theirs[k]]
         if differs:
             raise UserError(
                 f"{opts.output} holds another build (it differs in {', '.join(differs)}): choose another "
                 "--output, or pass --overwrite to replace it"
             )
+        if other.get("completed", {}).get("catalog_files") == catalog_files(opts.catalog):
+            raise AlreadyBuilt(opts.output)
+    with created_atomically(path) as f:
+        f.write(json.dumps(info, indent=2, sort_keys=True).encode())
+
+
+def mark_completed(opts: GalaxiesMLOptions) -> None:
+    """Record in build.json that the build finished, with the catalog files it read."""
+    path = FileSystems.join(opts.output, BUILD_FILE)
+    with FileSystems.open(path) as f:
+        info = json.load(f)
+    info["completed"] = {"catalog_files": catalog_files(opts.catalog)}
     with created_atomically(path) as f:
         f.write(json.dumps(info, indent=2, sort_keys=True).encode())
 
@@ -127,6 +207,9 @@ def local_runner(opts: GalaxiesMLOptions) -> FnApiRunner | None:
     name = (opts.view_as(StandardOptions).runner or "DirectRunner").lower()
     if name not in ("direct", "directrunner"):
         return None
+    harness = opts.view_as(WorkerOptions)
+    if not opts.verbose and harness.default_sdk_harness_log_level is None:
+        harness.default_sdk_harness_log_level = "CRITICAL"  # worker processes' logs follow --verbose
     options = JobServiceHandle.encode_pipeline_options(opts.get_all_options())
     info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=options)
     return FnApiRunner(provision_info=ExtendedProvisionInfo(info))
@@ -137,18 +220,22 @@ def run_pipeline(opts: GalaxiesMLOptions):
     arenas; the DirectRunner is run as local_runner says); returns Beam's PipelineResult."""
     preflight(opts)
     limit_malloc_arenas_in_workers()
-    p = beam.Pipeline(runner=local_runner(opts), options=opts)
+    runner = local_runner(opts)
+    p = beam.Pipeline(runner=runner, options=opts)
     build(p, opts)
-    with Progress(opts.progress_every) if opts.progress_every > 0 else contextlib.nullcontext():
-        result = p.run()
-        result.wait_until_finish()
+    workers = runner is not None and opts.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    with worker_output_discarded() if workers and not opts.verbose else contextlib.nullcontext(sys.stderr) as console:
+        with Progress(opts.progress_every, console) if opts.progress_every > 0 else contextlib.nullcontext():
+            result = p.run()
+            result.wait_until_finish()
     return result
 
 
 def options(argv: list[str]) -> GalaxiesMLOptions:
-    """Options from a command line, with its preset expanded."""
+    """Options from a command line, with its preset expanded; an unknown flag is an error."""
     try:
         argv, preset = expand_preset(argv)
+        check_flags(argv)
     except ValueError as exc:
         raise UserError(str(exc))
     return GalaxiesMLOptions([*argv, "--preset", preset])
@@ -157,8 +244,16 @@ def options(argv: list[str]) -> GalaxiesMLOptions:
 def run(argv: list[str]) -> dict:
     """Build the dataset; returns the summary written to summary.json."""
     opts = options(argv)
-    run_pipeline(opts)
-    return finish_build(opts)
+    try:
+        run_pipeline(opts)
+    except AlreadyBuilt:
+        print(f"{opts.output} already holds this build, complete: nothing to do (--overwrite builds it again)")
+        print_outputs(opts.output)
+        with FileSystems.open(FileSystems.join(opts.output, "summary.json")) as f:
+            return json.load(f)
+    summary = finish_build(opts)
+    mark_completed(opts)
+    return summary
 
 
 def finish_build(opts: GalaxiesMLOptions) -> dict:
@@ -166,7 +261,7 @@ def finish_build(opts: GalaxiesMLOptions) -> dict:
     summary written to summary.json."""
     with FileSystems.open(FileSystems.join(opts.output, "summary.json")) as f:
         summary = json.load(f)
-    print_funnel(summary, opts.output)
+    print_funnel(summary)
     if "://" in opts.output:
         print("data card: make it from a local copy with `python -m pipeline report DIR`")
     else:
@@ -174,32 +269,94 @@ def finish_build(opts: GalaxiesMLOptions) -> dict:
 
         card = write_datacard(opts.output)
         print(f"data card: {card['html']}")
+    print_outputs(opts.output)
     return summary
 
 
-def print_funnel(summary: dict, output: str) -> None:
+def print_funnel(summary: dict) -> None:
     f = summary["funnel"]
-    lines = [f"rows read            {f['rows_read']:>10,}"]
-    lines += [f"  rejected {k:<20}{v:>9,}" for k, v in f["rejected_by_reason"].items()]
-    lines += [f"  duplicate {k:<19}{v:>9,}" for k, v in f["duplicates_by_key"].items()]
-    lines += [f"kept                 {f['kept']:>10,}"]
-    lines += [f"  {k:<27}{v:>9,}" for k, v in f["kept_by_split"].items()]
-    print("\n".join(lines))
+    rows = [("rows read", f["rows_read"])]
+    rows += [(f"  rejected {k}", v) for k, v in f["rejected_by_reason"].items()]
+    rows += [(f"  duplicate {k}", v) for k, v in f["duplicates_by_key"].items()]
+    rows += [("kept", f["kept"])] + [(f"  {k}", v) for k, v in f["kept_by_split"].items()]
     if f["failed"]:
-        for stage, reasons in f["failed_by_stage"].items():
-            lines_failed = ", ".join(f"{r} {n:,}" for r, n in reasons.items())
-            print(f"  failed in {stage}: {lines_failed}")
-    print(f"outputs in {output}: galaxies/<split>/*.parquet, catalog/*.parquet, summary.json")
+        rows += [(f"  failed in {stage}: {r}", n) for stage, reasons in f["failed_by_stage"].items() for r, n in reasons.items()]
+    width = max(len(label) for label, _ in rows) + 2
+    print("\n".join(f"{label:<{width}}{value:>10,}" for label, value in rows))
+
+
+def print_outputs(output: str) -> None:
+    """Each output folder and file the build left in `output`, with what it holds."""
+    present = [name for name in OUTPUTS if FileSystems.exists(FileSystems.join(output, name.rstrip("/")))]
+    print(f"outputs in {output}:")
+    print("\n".join(f"  {name:<14}{OUTPUTS[name]}" for name in present))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Frames a crash report skips: Beam's layers, the standard library, installed packages.
+LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] + "/" for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def crash_line(exc: BaseException) -> str:
+    """A failed job in one line: the error, the Beam step it happened in and the last frame of our
+    code it passed through, without Beam's layers (which wrap a worker's error in text)."""
+    text = str(exc)
+    frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(exc.__traceback__)]
+    frames += [(f, int(n), name) for f, n, name in re.findall(r'File "([^"]+)", line (\d+), in (\S+)', text)]
+    ours = [f for f in frames if f[0].startswith("/") and not f[0].startswith(LIBRARY_DIRS) and f[0] != __file__]
+    errors = re.findall(r"^(\w[\w.]*(?:Error|Exception|Exit|Interrupt)\b.*)$", text, re.M)
+    error = errors[-1] if errors else f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+    step = re.search(r"\[while running '([^']+)'\]", error) or re.search(r"\[while running '([^']+)'\]", text)
+    error = re.sub(r" \[while running '[^']+'\]", "", error).strip()
+    parts = [f"error: the build failed: {error}"]
+    if step:
+        parts.append(f"in step '{step.group(1)}'")
+    if ours:
+        path, line, name = ours[-1]
+        shown = Path(path).relative_to(ROOT) if Path(path).is_relative_to(ROOT) else path
+        parts.append(f"at {shown}:{line} ({name})")
+    return " ".join(parts) + " (--verbose shows the traceback)"
+
+
+def _help(argv: list[str]) -> str | None:
+    """The help a `run` command line asks for, if any."""
+    if "--help-beam" in argv:
+        parser = options_parser(prog=f"{PROG} run", ours=False)
+        return parser.format_help().replace("usage:", "Beam's own flags, taken by run and demo:\nusage:", 1)
+    if "-h" in argv or "--help" in argv:
+        parser = argparse.ArgumentParser(
+            prog=f"{PROG} run",
+            usage=f"{PROG} [run] --catalog PATTERN --output DIR [options] [Beam flags]",
+            description="Build the GalaxiesML dataset from an HSC catalog export.",
+            epilog=f"Every Beam flag works too (--runner, --direct_num_workers, Dataflow's and Flink's): "
+            f"`{PROG} run --help-beam` lists them.",
+        )
+        GalaxiesMLOptions._add_argparse_args(parser)
+        return parser.format_help()
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
-    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.ERROR)
-    command = argv.pop(0) if argv and not argv[0].startswith("-") else "run"
+    # Beam logs a failed step's traceback itself; without --verbose our one line says it all
+    logging.getLogger("apache_beam").setLevel(logging.INFO if verbose else logging.CRITICAL)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    command = argv.pop(0) if not argv[0].startswith("-") else "run"
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        print(f"error: unknown command {command!r}{hint}: `{PROG} --help` lists the commands", file=sys.stderr)
+        return 2
     try:
         if command == "run":
+            text = _help(argv)
+            if text:
+                print(text)
+                return 0
             run(argv)
         elif command == "demo":
             from pipeline.demo import demo
@@ -211,16 +368,16 @@ def main(argv: list[str] | None = None) -> int:
             from galaxiesml.datacard import main as datacard_main
 
             return datacard_main(argv)
-        else:
-            print(USAGE, file=sys.stderr)
-            return 2
+        elif command == "verify":
+            from galaxiesml.verify import main as verify_main
+
+            return verify_main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # a failed job: one line, the traceback on request
         if verbose:
             traceback.print_exc()
-        print(f"error: the build failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-              + ("" if verbose else " (--verbose shows the traceback)"), file=sys.stderr)
+        print(crash_line(exc), file=sys.stderr)
         return 1
     return 0

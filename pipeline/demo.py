@@ -11,19 +11,40 @@ from galaxiesml.sky import make_sky, write_sky
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService
 from galaxiesml.standins.faults import Faults
+from pipeline.options import UserError, check_flags
 
 DEMO_USER = "demo"
 
 
-def demo(argv: list[str], run) -> dict:
-    """Make the sky, serve it on loopback, build from its catalog with `run(argv) -> summary`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline demo", description=__doc__)
-    parser.add_argument("--galaxies", type=int, default=1000, help="unique galaxies in the synthetic sky")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="out/demo")
+def demo_parser() -> argparse.ArgumentParser:
+    """The demo's own flags (it takes every `run` option and Beam flag besides)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline demo",
+        description=__doc__.replace("\n", " "),
+        epilog="Every `run` option (`python -m pipeline run --help`) and Beam flag (`python -m pipeline run "
+        "--help-beam`) works too, e.g. --no_sersic or --direct_running_mode=multi_processing.",
+        add_help=False,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--galaxies", type=int, default=1000, help="unique galaxies in the synthetic sky (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic sky (default 0)")
+    parser.add_argument("--output", default="out/demo", help="output directory (default out/demo)")
     parser.add_argument(
         "--fault_rate", type=float, default=0.0, help="share of cutout requests the stand-in fails or corrupts"
     )
+    return parser
+
+
+def demo(argv: list[str], run) -> dict:
+    """Make the sky, serve it on loopback, build from its catalog with `run(argv) -> summary`."""
+    parser = demo_parser()
+    if "-h" in argv or "--help" in argv:
+        print(parser.format_help())
+        return {}
+    try:
+        check_flags(argv, parents=[demo_parser()])  # a parser of its own: argparse's parents share actions
+    except ValueError as exc:
+        raise UserError(str(exc))
     args, pipeline_args = parser.parse_known_args(argv)
     out = Path(args.output)
     # patches of 1,000 px (2.8 arcmin): enough of them that coverage gaps hit some galaxies, not all
@@ -45,6 +66,7 @@ def demo(argv: list[str], run) -> dict:
                     "--output", str(out),
                     "--cutout_source", "service",
                     "--hsc_url", server.url,
+                    "--synthetic_sky", f"python -m pipeline demo --galaxies {args.galaxies} --seed {args.seed}",
                     *pipeline_args,
                 ]
             )

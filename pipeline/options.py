@@ -2,6 +2,8 @@
 and named presets that set a group of them."""
 from __future__ import annotations
 
+import argparse
+import difflib
 import os
 
 from apache_beam.io.filesystems import FileSystems
@@ -132,6 +134,51 @@ def cutout_config(opts: "GalaxiesMLOptions"):
     )
 
 
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises ValueError instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+
+def _option_classes(cls: type = PipelineOptions) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_option_classes(sub)]
+    return out
+
+
+def options_parser(*, prog: str = "", beam: bool = True, ours: bool = True, parents=()) -> argparse.ArgumentParser:
+    """A parser of the flags a build takes: ours, Beam's (every PipelineOptions subclass), or both,
+    plus those of `parents` (another command's own flags; their flags ours share are taken from the
+    parent, which this changes: pass a parser made for the purpose)."""
+    parser = _Parser(prog=prog or None, allow_abbrev=False, add_help=False, parents=list(parents), conflict_handler="resolve")
+    for cls in sorted(set(_option_classes()), key=lambda c: c.__name__):
+        if (cls is GalaxiesMLOptions and ours) or (cls is not GalaxiesMLOptions and beam):
+            cls._add_argparse_args(parser)
+    return parser
+
+
+def check_flags(argv: list[str], parents=()) -> None:
+    """Raise ValueError for the first flag of `argv` that no option knows (Beam would drop it
+    silently), naming the closest known flag; also for a value a flag cannot take."""
+    parser = options_parser(parents=parents)
+    _, unknown = parser.parse_known_args(argv)
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    for arg in unknown:
+        if arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"unknown option {flag}{hint}: --help lists the options")
+    if unknown:
+        raise ValueError(f"unexpected argument {unknown[0]!r}: every option is a --flag (--help lists them)")
+
+
 class GalaxiesMLOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -149,12 +196,20 @@ class GalaxiesMLOptions(PipelineOptions):
             + "; ".join(f"{name}: {text}" for name, (text, _) in PRESETS.items()),
         )
         group.add_argument(
-            "--overwrite", action="store_true", help="replace another build found in --output"
+            "--overwrite",
+            action="store_true",
+            help="replace the build found in --output: its outputs are removed first (the cutout cache is kept)",
         )
         group.add_argument(
             "--progress_every", type=float, default=5.0, help="seconds between progress lines (0: none)"
         )
         group.add_argument("--verbose", action="store_true", help="Beam's own logs, and tracebacks on errors")
+        group.add_argument(
+            "--synthetic_sky",
+            default="",
+            help="set by `demo`: the synthetic sky the catalog and cutouts come from (named in the build's "
+            "identity and on the data card, in place of the stand-in's loopback address)",
+        )
         group.add_argument(
             "--split_seed", type=int, default=0, help="seed of the train/validation/test assignment"
         )

@@ -4,10 +4,12 @@ It reads the counters the stages increment (transforms.metrics); runners that ex
 this process (DirectRunner, FnApiRunner) show them live, others only the final summary."""
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from transforms.metrics import reset_tally, tally
 
@@ -65,3 +67,24 @@ class Progress:
             if totals != previous:
                 print(self.line(totals, previous, now - last), file=self.stream, flush=True)
             previous, last = totals, now
+
+
+@contextlib.contextmanager
+def worker_output_discarded() -> Iterator[TextIO]:
+    """Send what worker processes started inside this block write to stderr (Beam's SDK workers
+    print their logs and a failed bundle's traceback there, whatever the log level) to /dev/null;
+    yields a stream to the real stderr for this process's own lines. Workers inherit file
+    descriptor 2, so it is redirected, and restored on leaving."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    console = os.fdopen(os.dup(saved), "w", buffering=1)
+    try:
+        yield console
+    finally:
+        console.close()
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
