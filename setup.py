@@ -2,12 +2,16 @@
 from setuptools import find_packages, setup
 
 BEAM = "apache-beam==2.77.0"
+#: The Pythons every pin of requirements.txt publishes wheels for (.ci/run checks it); Beam 2.77
+#: itself runs on 3.10-3.14, but numpy 2.4 and scipy 1.17 start at 3.11 and sep 1.4.1 stops at 3.13.
+PYTHONS = ("3.11", "3.12", "3.13")
 
 setup(
     name="galaxiesml-builder",
     version="0.1.0",
     description="Reproducible Apache Beam builder of the GalaxiesML dataset (HSC PDR2 galaxies)",
-    python_requires=">=3.11,<3.12",
+    python_requires=f">={PYTHONS[0]},<3.{int(PYTHONS[-1].split('.')[1]) + 1}",
+    classifiers=[f"Programming Language :: Python :: {v}" for v in PYTHONS],
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "galaxiesml", "galaxiesml.*"]),
     package_data={"galaxiesml": ["sql/*.sql"]},
     install_requires=[

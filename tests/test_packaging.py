@@ -18,7 +18,6 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHON = "3.11"
 
 
 # -- readers ------------------------------------------------------------------------------------
@@ -61,6 +60,20 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return out
 
 
+def dockerfile_stages() -> list[tuple[str, str | None]]:
+    """(base image, stage name) of each FROM, in order, as written (build arguments unexpanded)."""
+    stages = []
+    for ins, args in dockerfile_instructions():
+        if ins == "FROM":
+            words = [w for w in args.split() if not w.startswith("--")]
+            stages.append((words[0], words[2] if len(words) == 3 and words[1].upper() == "AS" else None))
+    return stages
+
+
+def dockerfile_arg_defaults() -> dict[str, str]:
+    return dict(args.split("=", 1) for ins, args in dockerfile_instructions() if ins == "ARG" and "=" in args)
+
+
 def beam_pin(requirement: str) -> str:
     req = Requirement(requirement)
     assert canonicalize_name(req.name) == "apache-beam"
@@ -83,12 +96,13 @@ def beam_version(setup_py) -> str:
 
 # -- Beam version -------------------------------------------------------------------------------
 def test_one_beam_version_everywhere(setup_py, beam_version):
-    copies = [args for ins, args in dockerfile_instructions() if ins == "COPY" and "--from=apache/beam_python" in args]
-    assert len(copies) == 1, "the Dockerfile should copy Beam's SDK harness from one apache/beam_python image"
-    image = re.search(r"--from=apache/beam_python(\d+\.\d+)_sdk:(\S+)", copies[0])
-    assert image, copies[0]
-    assert image.group(2) == beam_version, f"Dockerfile's Beam image {image.group(2)} != setup.py's {beam_version}"
-    assert "/opt/apache/beam" in copies[0]
+    beam_stages = [(image, name) for image, name in dockerfile_stages() if image.startswith("apache/beam_python")]
+    assert len(beam_stages) == 1, "the Dockerfile should take Beam's SDK harness from one apache/beam_python image"
+    (image, name), = beam_stages
+    found = re.fullmatch(r"apache/beam_python(\S+)_sdk:(\S+)", image)
+    assert found and found.group(2) == beam_version, f"Dockerfile's Beam image {image} is not Beam {beam_version}"
+    copies = [args for ins, args in dockerfile_instructions() if ins == "COPY" and "--from=" in args]
+    assert copies == [f"--from={name} /opt/apache/beam /opt/apache/beam"], copies
 
     (beam_req,) = [r for r in requirements_txt() if canonicalize_name(r.name) == "apache-beam"]
     assert beam_pin(str(beam_req)) == beam_version
@@ -103,18 +117,27 @@ def test_one_beam_version_everywhere(setup_py, beam_version):
 
 
 # -- Python version -----------------------------------------------------------------------------
-def test_python_311_in_setup_and_dockerfile(setup_py):
+def supported_pythons(setup_py) -> list[str]:
+    return [c.rsplit(" ", 1)[1] for c in setup_py["classifiers"] if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)]
+
+
+def test_python_versions_agree_in_setup_requirements_and_dockerfile(setup_py):
+    """setup.py installs on exactly the Pythons it names (those every pin has wheels for), the
+    container is built for one of them, with the harness and the base image of the same Python."""
+    pythons = supported_pythons(setup_py)
+    assert pythons == ["3.11", "3.12", "3.13"]
     allowed = SpecifierSet(setup_py["python_requires"])
-    assert Version(f"{PYTHON}.0") in allowed and Version("3.12.0") not in allowed and Version("3.10.0") not in allowed
-    froms = [[w for w in args.split() if not w.startswith("--")] for ins, args in dockerfile_instructions() if ins == "FROM"]
-    assert froms, "the Dockerfile has no FROM"
-    final_base = froms[-1][0]  # the image the container runs is the last stage's
-    assert re.fullmatch(rf"python:{re.escape(PYTHON)}(\.\d+)*(-[a-z0-9.-]+)?", final_base), (
-        f"the Dockerfile's final base image {final_base} is not Python {PYTHON}"
-    )
-    harness = re.search(r"apache/beam_python(\d+\.\d+)_sdk", (ROOT / "Dockerfile").read_text())
-    assert harness and harness.group(1) == PYTHON, "the SDK harness image must be the Python 3.11 one"
-    assert sys.version_info[:2] == tuple(int(v) for v in PYTHON.split("."))
+    assert [f"3.{m}" for m in range(6, 20) if Version(f"3.{m}.0") in allowed] == pythons
+    header = (ROOT / "requirements.txt").read_text().split("\napache-beam")[0]
+    assert ", ".join(pythons[:-1]) + f", {pythons[-1]}" in header, "requirements.txt should say which Pythons its pins serve"
+    # one build argument names the Python of both images, and its default is a supported one
+    stages = dockerfile_stages()
+    final_base = stages[-1][0]  # the image the container runs is the last stage's
+    assert final_base == "python:${PYTHON_VERSION}-slim", final_base
+    assert any(image == "apache/beam_python${PYTHON_VERSION}_sdk:" + image.split(":")[1] for image, _ in stages[:-1])
+    assert dockerfile_arg_defaults().get("PYTHON_VERSION") in pythons
+    # and these tests run on one of them
+    assert f"{sys.version_info[0]}.{sys.version_info[1]}" in pythons
 
 
 # -- requirements.txt ---------------------------------------------------------------------------
