@@ -38,8 +38,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.patches import Circle, Ellipse
+from matplotlib.ticker import NullFormatter
 
-from galaxiesml.cutouts import CENTRE, PADDED
+from galaxiesml.cutouts import CENTRE, PADDED, SIZE
 from galaxiesml.dataset import GALAXIES_DIR, cube_numpy
 from galaxiesml.morphology import FLAG_COLUMNS, MEASUREMENT_COLUMNS, NEIGHBOUR_RADII, morphology_columns
 from galaxiesml.schema import BANDS, SPLITS
@@ -52,6 +53,10 @@ N_EXAMPLES = 8
 MORPHOLOGY_BAND = "i"
 #: Detection ellipses are drawn at this many times (A, B), as SE's check images do.
 DETECTION_ELLIPSE_SCALE = 3.0
+#: Galaxies considered for each example slot, nearest the slot's redshift quantile first.
+EXAMPLE_CANDIDATES = 6
+#: Rows at most in a table that lists galaxies.
+MAX_LISTED = 50
 #: The log stretch's a: log10(1 + a x) / log10(1 + a) for x in [0, 1] (ds9 uses 1000).
 LOG_STRETCH = 100.0
 #: Packages whose versions the card records; the first is this tool.
@@ -136,10 +141,11 @@ def _md_cell(value: Any) -> str:
     return md_escape(fmt(value))
 
 
-def render_markdown(title: str, intro: str, sections: Sequence[Section]) -> str:
-    """The card as GitHub-flavoured Markdown."""
+def render_markdown(title: str, intro: str, sections: Sequence[Section], banner: str = "") -> str:
+    """The card as GitHub-flavoured Markdown; a `banner` goes first, as a quote in bold."""
     contents = " · ".join(f"[{md_escape(s.title)}](#{s.anchor})" for s in sections)
-    out = [f"# {md_escape(title)}", "", md_escape(intro), "", f"Contents: {contents}", ""]
+    out = [f"# {md_escape(title)}", ""] + ([f"> **{md_escape(banner)}**", ""] if banner else [])
+    out += [md_escape(intro), "", f"Contents: {contents}", ""]
     for s in sections:
         out += [f'<a id="{s.anchor}"></a>', f"## {md_escape(s.title)}", ""]
         for b in s.blocks:
@@ -178,18 +184,19 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;
 table{border-collapse:collapse;margin:.6em 0 1.2em}th,td{border:1px solid #ccc;padding:.2em .6em;text-align:left}
 td{font-variant-numeric:tabular-nums}th{background:#f3f3f3}caption{caption-side:top;text-align:left;font-style:italic;padding:.2em 0}
 figure{margin:.6em 0 1.4em}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:.92em;color:#444}nav a{margin-right:.8em}#image-check{color:#666;font-size:.85em}
+figcaption{font-size:.92em;color:#444}.banner{border:2px solid #b00;background:#fff3f3;padding:.6em .8em;font-weight:bold}nav a{margin-right:.8em}#image-check{color:#666;font-size:.85em}
 """
 
 
-def render_html(title: str, intro: str, sections: Sequence[Section]) -> str:
-    """The card as one HTML page (figures referenced relatively)."""
+def render_html(title: str, intro: str, sections: Sequence[Section], banner: str = "") -> str:
+    """The card as one HTML page (figures referenced relatively); a `banner` goes first, boxed."""
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{e(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
+        *([f'<p class="banner" id="banner">{e(banner)}</p>'] if banner else []),
         f"<p>{e(intro)}</p>",
         "<nav>" + "".join(f'<a href="#{s.anchor}">{e(s.title)}</a>' for s in sections) + "</nav>",
     ]
@@ -395,20 +402,47 @@ def plot_redshift(z: np.ndarray, split: np.ndarray, path: Path) -> None:
     save(fig, path)
 
 
+#: The percentiles (over all bands) that bound the magnitude panels, each side widened by a tenth
+#: of their span (never past the data): one odd value (a catalog magnitude of 0.02 passes the
+#: paper's 0 < mag < 50) must not squash the rest into a spike, and the ordinary tails stay drawn.
+ROBUST_RANGE = (0.5, 99.5)
+ROBUST_MARGIN = 0.1
+
+
+def robust_range(values: np.ndarray, log: bool = False) -> tuple[float, float]:
+    """The axis range of `values` (finite ones; positive ones, in log10, when `log`): see ROBUST_RANGE."""
+    v = values[np.isfinite(values) & ((values > 0) if log else True)]
+    if v.size == 0:
+        return (1e-3, 1.0) if log else (0.0, 1.0)
+    v = np.log10(v) if log else v
+    lo, hi = (float(x) for x in np.percentile(v, ROBUST_RANGE))
+    pad = ROBUST_MARGIN * (hi - lo)
+    lo, hi = max(float(v.min()), lo - pad), min(float(v.max()), hi + pad)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return (10**lo, 10**hi) if log else (lo, hi)
+
+
+def magnitude_ranges(cols: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """The axes of the magnitude panels: "mag" and "magsigma", each over all five bands."""
+    return {q: robust_range(np.concatenate([cols[f"{b}_cmodel_{q}"] for b in BANDS]).astype(float), q == "magsigma")
+            for q in ("mag", "magsigma")}
+
+
 def plot_magnitudes(cols: dict[str, np.ndarray], path: Path) -> None:
-    """cmodel magnitudes (top) and their errors (bottom, log axis) per band."""
+    """cmodel magnitudes (top) and their errors (bottom, log axis) per band, over robust ranges."""
     fig = MplFigure(figsize=(15, 5.5))
     fig.subplots_adjust(left=0.05, right=0.99, top=0.97, bottom=0.1, wspace=0.25, hspace=0.35)
     axes = fig.subplots(2, len(BANDS))
-    mag_bins = bins_for(np.concatenate([cols[f"{b}_cmodel_mag"] for b in BANDS]), robust=False)
-    sig = np.concatenate([cols[f"{b}_cmodel_magsigma"] for b in BANDS])
-    sig = sig[np.isfinite(sig) & (sig > 0)]
-    sig_bins = np.geomspace(sig.min(), sig.max() * 1.001, 31) if sig.size else np.geomspace(1e-3, 1, 31)
+    ranges = magnitude_ranges(cols)
+    mag_bins = np.linspace(*ranges["mag"], 41)
+    sig_bins = np.geomspace(ranges["magsigma"][0], ranges["magsigma"][1] * 1.001, 31)
     for k, b in enumerate(BANDS):
         step_hist(axes[0, k], cols[f"{b}_cmodel_mag"], mag_bins, b)
         axes[0, k].set_xlabel(f"{b}_cmodel_mag")
         step_hist(axes[1, k], cols[f"{b}_cmodel_magsigma"], sig_bins, b)
         axes[1, k].set_xscale("log")
+        axes[1, k].xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a short log axis overlap
         axes[1, k].set_xlabel(f"{b}_cmodel_magsigma")
     axes[0, 0].set_ylabel("galaxies")
     axes[1, 0].set_ylabel("galaxies")
@@ -476,12 +510,33 @@ def plot_morphology_example(image: np.ndarray, det, central: int, values: dict[s
     save(fig, path)
 
 
+#: SE's Petrosian search ends at annuli of 6 A: a ratio that never falls below 0.2 there gives
+#: 2 x 1.1 x 4.8 = 10.56 (docs/morphology.md).
+PETRO_CAP = 10.56
+
+
+def petro_note(cols: dict[str, np.ndarray]) -> str:
+    v = np.concatenate([cols[f"{b}_petro_rad"] for b in BANDS]).astype(float)
+    v = v[np.isfinite(v)]
+    share = np.mean(np.isclose(v, PETRO_CAP, atol=0.01)) if v.size else 0.0
+    return (f"{100 * share:.0f}% at {PETRO_CAP}: SE's cap (the Petrosian ratio\nnever fell below 0.2 within 6 A); "
+            "3.5 is its floor")
+
+
+def mu_note(cols: dict[str, np.ndarray]) -> str:
+    return "negative: the paper's zero point is 0\n(add 27.0 for AB mag/arcsec² of HSC coadds)"
+
+
+#: A line under a morphology panel whose values look wrong but are as Source Extractor gives them.
+PANEL_NOTES = {"petro_rad": petro_note, "peak_surface_brightness": mu_note}
+
+
 def plot_morphology_distributions(cols: dict[str, np.ndarray], path: Path) -> None:
     """One panel per morphology column, one step histogram per band (1st-99th percentile range)."""
     ncols = 4
     nrows = math.ceil(len(MEASUREMENT_COLUMNS) / ncols)
-    fig = MplFigure(figsize=(16, 3.3 * nrows))
-    fig.subplots_adjust(left=0.04, right=0.99, top=0.97, bottom=0.04, wspace=0.2, hspace=0.3)
+    fig = MplFigure(figsize=(16, 3.5 * nrows))
+    fig.subplots_adjust(left=0.04, right=0.99, top=0.97, bottom=0.04, wspace=0.2, hspace=0.42)
     axes = np.asarray(fig.subplots(nrows, ncols)).ravel()
     for ax, c in zip(axes, MEASUREMENT_COLUMNS):
         allv = np.concatenate([cols[f"{b}_{c}"] for b in BANDS])
@@ -490,6 +545,8 @@ def plot_morphology_distributions(cols: dict[str, np.ndarray], path: Path) -> No
             step_hist(ax, cols[f"{b}_{c}"], bins, b)
         unit = MORPHOLOGY_UNITS[c]
         ax.set_title(c + (f" [{unit}]" if unit else ""), fontsize=10)
+        if c in PANEL_NOTES:
+            ax.set_xlabel(PANEL_NOTES[c](cols), fontsize=8.5, color="#a00")
     axes[0].legend(fontsize=8)
     for ax in axes[len(MEASUREMENT_COLUMNS):]:
         ax.set_visible(False)
@@ -554,14 +611,36 @@ def quantile_row(label: str, v: np.ndarray, qs: Sequence[float] = (0, 25, 50, 75
     return [label, v.size, *(np.percentile(v, qs) if v.size else [math.nan] * len(qs))]
 
 
-def pick_examples(z: np.ndarray, n: int) -> list[int]:
-    """Indices of up to n galaxies at evenly spaced redshift quantiles, in increasing redshift."""
+def example_candidates(z: np.ndarray, n: int, per_slot: int = EXAMPLE_CANDIDATES) -> list[list[int]]:
+    """For each of up to n evenly spaced redshift quantiles, the indices of the `per_slot` galaxies
+    nearest it in redshift order, nearest first; every galaxy in one slot at most."""
     order = np.argsort(z, kind="stable")
     order = order[np.isfinite(z[order])]
     if order.size == 0:
         return []
-    picks = [int(order[min(int((k + 0.5) / n * order.size), order.size - 1)]) for k in range(n)]
-    return list(dict.fromkeys(picks))
+    slots, taken = [], set()
+    for k in range(n):
+        target = min(int((k + 0.5) / n * order.size), order.size - 1)
+        near = sorted(range(order.size), key=lambda j: (abs(j - target), j))[: per_slot * 3]
+        slot = [int(order[j]) for j in near if int(order[j]) not in taken][:per_slot]
+        if slot:
+            slots.append(slot)
+            taken.update(slot)
+    return slots
+
+
+def padded_fractions(flags: np.ndarray) -> np.ndarray:
+    """Per band, the share of a (5, S, S) flag cube's pixels that are padding (PADDED)."""
+    return ((flags & PADDED) != 0).reshape(flags.shape[0], -1).mean(axis=1)
+
+
+def pick_whole(candidates: list[int], padded: dict[int, np.ndarray]) -> int:
+    """The first candidate (the nearest the quantile) whose worst band holds no more padding than the
+    least padded candidate's, give or take two rows: a band cut short by a patch edge shows as seams
+    in the colour composite."""
+    worst = {i: float(padded[i].max()) for i in candidates}
+    best = min(worst.values())
+    return next(i for i in candidates if worst[i] <= best + 2.0 / SIZE)
 
 
 def pick_morphology_galaxy(cols: dict[str, np.ndarray], band: str = MORPHOLOGY_BAND) -> int | None:
@@ -696,31 +775,56 @@ def magnitudes_section(b: Build) -> Section:
         m, e = m[np.isfinite(m)], e[np.isfinite(e)]
         rows.append([band, m.size, *(np.percentile(m, [0, 50, 100]) if m.size else [math.nan] * 3),
                      *(np.percentile(e, [50, 95]) if e.size else [math.nan] * 2)])
+    ranges = magnitude_ranges(b.cols)
+    outside: list[list[Any]] = []
+    for q, (lo, hi) in ranges.items():
+        for band in BANDS:
+            v = b.cols[f"{band}_cmodel_{q}"].astype(float)
+            slack = 1e-9 * max(abs(lo), abs(hi))  # a bound that is the data's own extreme, back from log10
+            for i in np.flatnonzero(np.isfinite(v) & ((v < lo - slack) | (v > hi + slack))):
+                outside.append([f"{band}_cmodel_{q}", float(v[i]), str(int(b.cols["object_id"][i])), float(b.z[i])])
+    b.result["magnitudes_outside"] = len(outside)
+    lo_p, hi_p = ROBUST_RANGE
     s.blocks += [
         Image(b.figure("magnitudes", plot_magnitudes, b.cols), "magnitude histograms per band",
-              "Top: {band}_cmodel_mag. Bottom: {band}_cmodel_magsigma (log axis)."),
+              f"Top: {{band}}_cmodel_mag between {ranges['mag'][0]:.2f} and {ranges['mag'][1]:.2f}. Bottom: "
+              f"{{band}}_cmodel_magsigma (log axis) between {ranges['magsigma'][0]:.3g} and {ranges['magsigma'][1]:.3g}. "
+              f"Each axis spans the {lo_p:g}th to {hi_p:g}th percentile over the five bands, widened by a tenth of that "
+              f"span on each side, so that a few odd values do not squash the rest; the {len(outside)} values "
+              "outside are listed below."),
         Table(["band", "galaxies", "mag min", "mag median", "mag max", "magsigma median", "magsigma 95%"], rows),
+        Table(["column", "value", "object_id", "z"], outside[:MAX_LISTED],
+              f"values outside the plotted ranges: {len(outside)}"
+              + (f" (the first {MAX_LISTED} shown)" if len(outside) > MAX_LISTED else "")),
     ]
     return s
 
 
 def examples_section(b: Build) -> Section:
     s = Section("Galaxies at increasing redshift", "examples")
-    picks = pick_examples(b.z, N_EXAMPLES) if b.has_images else []
-    if not picks:
+    slots = example_candidates(b.z, N_EXAMPLES) if b.has_images else []
+    if not slots:
         s.blocks.append("No galaxy has a finite redshift." if b.has_images else "No images in this build.")
         return s
-    cubes = b.cubes(picks)
+    everyone = [i for slot in slots for i in slot]
+    padded = {i: padded_fractions(c["image_flags"]) for i, c in zip(everyone, b.cubes(everyone, ("image_flags",)))}
+    picks = [pick_whole(slot, padded) for slot in slots]
+    cubes = b.cubes(picks, ("image",))
     examples = [{"z": float(b.z[i]), "image": c["image"]} for i, c in zip(picks, cubes)]
     b.result["examples"] = [int(b.cols["object_id"][i]) for i in picks]
+    b.result["examples_padded"] = [padded[i].tolist() for i in picks]
     s.blocks += [
         f"{len(picks)} galaxies at evenly spaced redshift quantiles of the final sample, as in the paper's Figure 1: "
         "colour composites of the g, r, i images (blue, green, red), each scaled from its median (sky) to its 99.5th "
-        "percentile; top row linear, bottom row log (ds9's log stretch), which shows faint features and neighbours.",
+        "percentile; top row linear, bottom row log (ds9's log stretch), which shows faint features and neighbours. "
+        "Each band is a cutout placed on the 127 x 127 grid with the rest zero (padded), as in the released files: at "
+        "the paper's 10-arcsec half width a cutout is about 119 px, so about 12% of every band is padding; a band cut "
+        "short by a patch edge has more, and shows as a colour seam. Of the galaxies nearest each quantile, the one "
+        f"with the least padding is shown (of {EXAMPLE_CANDIDATES}); the table gives each band's padded share.",
         Image(b.figure("examples", plot_examples, examples), "example galaxies, linear and log scale"),
-        Table(["z", "object_id", "split", "i_cmodel_mag"],
-              [[float(b.z[i]), str(int(b.cols["object_id"][i])), b.cols["split"][i], float(b.cols["i_cmodel_mag"][i])]
-               for i in picks]),
+        Table(["z", "object_id", "split", "i_cmodel_mag", "padded g / r / i / z / y"],
+              [[float(b.z[i]), str(int(b.cols["object_id"][i])), b.cols["split"][i], float(b.cols["i_cmodel_mag"][i]),
+                " / ".join(f"{100 * f:.0f}%" for f in padded[i])] for i in picks]),
     ]
     return s
 
@@ -772,7 +876,9 @@ def morphology_section(b: Build) -> Section:
     s.blocks += [
         "The 13 Source Extractor columns (paper section 4) in all five bands, each panel between the 1st and 99th "
         "percentile over the bands. NaN values (a band that could not be measured) are left out and counted below.",
-        Image(b.figure("morphology", plot_morphology_distributions, b.cols), "morphology column histograms"),
+        Image(b.figure("morphology", plot_morphology_distributions, b.cols), "morphology column histograms",
+              " ".join(f"{c}: {note(b.cols)}.".replace("\n", " ") for c, note in PANEL_NOTES.items())
+              + " docs/morphology.md gives every column's definition."),
         Table(["column", "unit", *(f"{band} median" for band in BANDS), *(f"{band} NaN" for band in BANDS)],
               [[c, MORPHOLOGY_UNITS[c], *(median(values[c, band]) for band in BANDS),
                 *(int(np.count_nonzero(np.isnan(values[c, band]))) for band in BANDS)] for c in MEASUREMENT_COLUMNS],
@@ -840,11 +946,14 @@ def write_datacard(output_dir: str, dest: str | None = None) -> dict:
     sections = [make(b) for make in SECTIONS]
     f, run = b.funnel, b.run
     title = "GalaxiesML data card"
+    banner = (f"Synthetic data: this is a demo build, made from a synthetic HSC sky and a local stand-in of the HSC "
+              f"cutout service ({run['synthetic_sky']}), not from the HSC archive. Its galaxies, images and "
+              "measurements are simulated and must not be used for science." if run.get("synthetic_sky") else "")
     intro = (f"{f['kept']:,} galaxies ({', '.join(f'{k} {v:,}' for k, v in f['kept_by_split'].items())}) built by "
              f"{run.get('tool', 'galaxiesml-builder')} {run.get('version', '')} from {f['rows_read']:,} catalog rows; "
              f"preset {run.get('preset', '?')}. Every number here is read from the output directory's files.")
-    (card / "index.html").write_text(render_html(title, intro, sections), encoding="utf-8")
-    (card / "README.md").write_text(render_markdown(title, intro, sections), encoding="utf-8")
+    (card / "index.html").write_text(render_html(title, intro, sections, banner), encoding="utf-8")
+    (card / "README.md").write_text(render_markdown(title, intro, sections, banner), encoding="utf-8")
     return {
         **b.result, "card_dir": str(card), "funnel": f, "galaxies": b.n, "html": str(card / "index.html"),
         "markdown": str(card / "README.md"), "images": [str(p) for p in b.images], "seconds": round(time.perf_counter() - t0, 2),

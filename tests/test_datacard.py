@@ -252,12 +252,14 @@ def test_examples_at_increasing_redshift_and_only_their_images_read(built, card)
     for r in rows:
         z, split = by_id[int(r[1])]
         assert datacard.fmt(z) == r[0] and split == r[2]
-    # streaming: tabular reads never touch a cube column; cube reads name the row groups they need
+    # streaming: tabular reads never touch a cube column; cube reads name the row groups they need;
+    # the candidates' flag planes are read to choose whole examples, images only for those drawn
     cube_reads = [e for e in reads if e["columns"] & CUBE_COLUMNS]
     assert all(e["columns"] for e in reads)  # no read takes every column
     assert cube_reads and all(e["row_groups"] is not None and e["batch_size"] <= 4 for e in cube_reads)
-    assert result["cubes_read"] <= datacard.N_EXAMPLES + 1
-    assert sum(e["rows"] for e in cube_reads) < result["galaxies"]
+    assert result["cubes_read"] <= datacard.N_EXAMPLES * (datacard.EXAMPLE_CANDIDATES + 1) + 1
+    image_reads = [e for e in cube_reads if "image" in e["columns"]]
+    assert sum(e["rows"] for e in image_reads) < result["galaxies"]
 
 
 def test_read_cubes_finds_rows_across_row_groups(built, tmp_path):
@@ -403,3 +405,65 @@ def test_page_renders_in_chromium_without_missing_images(card, tmp_path):
     (broken / "img" / "examples.png").unlink()
     state = image_check(chromium_dom(broken / "index.html", tmp_path / "profile2"))
     assert state == {"total": str(n), "loaded": str(n - 1), "missing": "img/examples.png"}
+
+
+# -- what an astronomer who did not build it needs told ---------------------------------------------
+def test_a_demo_cards_says_its_data_are_synthetic_and_shows_no_loopback_address(built, card):
+    result, _ = card
+    html_text = Path(result["html"]).read_text()
+    md_text = Path(result["markdown"]).read_text()
+    assert 'class="banner"' in html_text and "Synthetic data: this is a demo build" in html_text
+    assert md_text.splitlines()[2].startswith("> **Synthetic data: this is a demo build")
+    for text in (html_text, md_text):
+        assert "127.0.0.1" not in text and "localhost" not in text and "http://" not in text
+
+
+def test_a_card_of_real_data_has_no_banner(tmp_path):
+    text = datacard.render_html("t", "intro", [], banner="")
+    assert 'class="banner"' not in text and "Synthetic" not in text
+
+
+def test_magnitude_axes_follow_robust_ranges_and_list_what_falls_outside(built, tmp_path):
+    """One galaxy at i = 0.0158 (it passes the paper's 0 < mag < 50) once stretched every panel to 0-25."""
+    out, _ = built
+    cols = datacard.load_build(out, tmp_path).cols
+    odd = int(np.argmax(cols["specz_redshift"]))
+    cols["i_cmodel_mag"] = cols["i_cmodel_mag"].astype(float).copy()
+    cols["i_cmodel_mag"][odd] = 0.0158
+    lo, hi = datacard.magnitude_ranges(cols)["mag"]
+    assert lo > 15 and hi < 30  # the rest's range, not 0-25
+    b = datacard.load_build(out, tmp_path)
+    b.cols = cols
+    section = datacard.magnitudes_section(b)
+    (listed,) = [t for t in section.blocks if isinstance(t, datacard.Table) and t.headers[:2] == ["column", "value"]]
+    assert ["i_cmodel_mag", 0.0158, str(int(cols["object_id"][odd])), float(cols["specz_redshift"][odd])] in listed.rows
+    assert f"values outside the plotted ranges: {len(listed.rows)}" in listed.caption
+
+
+def test_examples_prefer_whole_cutouts_and_give_each_bands_padding():
+    normal, cut = np.full(5, 0.122), np.array([0.122, 0.40, 0.122, 0.122, 0.122])
+    # the nearest candidate has its r band cut by a patch edge: the next whole one is taken
+    assert datacard.pick_whole([7, 3, 9], {7: cut, 3: normal, 9: normal}) == 3
+    assert datacard.pick_whole([7, 3], {7: normal, 3: normal}) == 7
+    assert datacard.pick_whole([7, 3], {7: cut, 3: cut}) == 7  # none whole: the nearest
+    flags = np.zeros((5, 127, 127), np.uint8)
+    flags[:, :4] = datacard.PADDED
+    flags[1, :, :50] = datacard.PADDED
+    fractions = datacard.padded_fractions(flags)
+    assert fractions[0] == pytest.approx(4 / 127) and fractions[1] == pytest.approx((4 * 127 + 123 * 50) / 127**2)
+    slots = datacard.example_candidates(np.arange(100.0), 4, per_slot=3)
+    assert [s[0] for s in slots] == [12, 37, 62, 87] and len({i for s in slots for i in s}) == 12
+
+
+def test_examples_caption_gives_padding_per_band(card):
+    result, _ = card
+    rows = page(result).find(["z", "object_id", "split", "i_cmodel_mag", "padded g / r / i / z / y"])
+    for row, fractions in zip(rows, result["examples_padded"]):
+        assert row[4] == " / ".join(f"{100 * f:.0f}%" for f in fractions)
+
+
+def test_petro_cap_and_negative_surface_brightness_are_explained(card):
+    result, _ = card
+    text = Path(result["html"]).read_text()
+    assert f"at {datacard.PETRO_CAP}: SE&#x27;s cap" in text or f"at {datacard.PETRO_CAP}: SE's cap" in text
+    assert "the paper&#x27;s zero point is 0" in text or "the paper's zero point is 0" in text
