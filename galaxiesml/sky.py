@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, Union
 
 import galsim
 import numpy as np
@@ -34,6 +35,7 @@ from galaxiesml.hsc.format import (
     PIXEL_SCALE,
     RERUN,
     ZERO_POINT,
+    nominal_pixels,
 )
 from galaxiesml.schema import BANDS
 from galaxiesml.synthetic_catalog import WIDE_DEPTH, Region, make_catalog, skymap_ids, write_catalog
@@ -363,6 +365,21 @@ def _read_psf_cube(path: Path) -> dict[str, galsim.GSObject]:
     }
 
 
+#: How a cutout's half size becomes pixels: "floor" 2 floor(h / 0.168) + 1 (119 at 10"), "round"
+#: round(2 h / 0.168 + 1) (120), or a fixed number of pixels a side. The real service's rule is not
+#: documented, so the stand-in can answer in each way and the client is tested against all.
+Rounding = Union[Literal["floor", "round"], int]
+
+
+def cutout_pixels(half_size: float, rounding: Rounding = "floor") -> int:
+    """Pixels a side of a cutout of half size `half_size` arcsec, rounded as `rounding` says."""
+    if rounding == "floor":
+        return 2 * int(math.floor(half_size / PIXEL_SCALE + 1e-6)) + 1
+    if rounding == "round":
+        return int(math.floor(nominal_pixels(half_size) + 0.5))
+    return int(rounding)
+
+
 class Sky:
     """Sources on a layout, rendered on demand. `truth` needs the columns kind, object_id, ra, dec,
     redshift, sersic_n, half_light_radius (arcsec), axis_ratio, position_angle (degrees from the +x
@@ -509,27 +526,29 @@ class Sky:
         return Cutout(filter_name, self.layout, x0, y0, image, mask, variance, sigma**2, psf_id)
 
     def cutout_box(
-        self, filter_name: str, ra: float, dec: float, half_width: float, half_height: float | None = None
+        self, filter_name: str, ra: float, dec: float, half_width: float, half_height: float | None = None,
+        rounding: Rounding = "floor",
     ) -> tuple[int, int, int, int] | None:
-        """The pixel box das_cutout returns for a request (half sizes in arcsec): 2 floor(h / 0.168) + 1
-        pixels a side around the pixel nearest (ra, dec), cut short at coverage edges; None when
-        the centre has no data in this filter."""
+        """The pixel box das_cutout returns for a request (half sizes in arcsec) around the pixel
+        nearest (ra, dec), cut short at coverage edges; None when the centre has no data in this
+        filter. Its size is rounded as `rounding` says (see cutout_pixels)."""
         x, y = self.layout.to_pixel(np.array([ra]), np.array([dec]))
         if not (np.isfinite(x[0]) and np.isfinite(y[0])):
             return None  # on the far side of the projection
         xc, yc = int(np.round(x[0])), int(np.round(y[0]))
-        hw = int(math.floor(half_width / PIXEL_SCALE + 1e-6))
-        hh = int(math.floor((half_width if half_height is None else half_height) / PIXEL_SCALE + 1e-6))
-        return self.layout.clip(filter_name, xc, yc, (xc - hw, xc + hw + 1, yc - hh, yc + hh + 1))
+        nx = cutout_pixels(half_width, rounding)
+        ny = cutout_pixels(half_width if half_height is None else half_height, rounding)
+        x0, y0 = xc - (nx - 1) // 2, yc - (ny - 1) // 2  # an even size has its extra pixel on the high side
+        return self.layout.clip(filter_name, xc, yc, (x0, x0 + nx, y0, y0 + ny))
 
     def cutout(
         self, filter_name: str, ra: float, dec: float, half_width: float, half_height: float | None = None,
-        noise: bool = True,
+        noise: bool = True, rounding: Rounding = "floor",
     ) -> Cutout | None:
         """A cutout as das_cutout would give it, or None when the sky has no data there."""
         if filter_name not in BAND_OF_FILTER:
             return None
-        box = self.cutout_box(filter_name, ra, dec, half_width, half_height)
+        box = self.cutout_box(filter_name, ra, dec, half_width, half_height, rounding)
         return None if box is None else self.render(filter_name, *box, noise=noise)
 
     # -- files ---------------------------------------------------------------------------------

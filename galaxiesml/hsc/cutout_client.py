@@ -32,9 +32,10 @@ from galaxiesml.hsc.format import (
     FILTERS,
     HALF_WIDTH_127,
     PDR2_CUTOUT_URL,
-    PIXEL_SCALE,
     RERUN,
     ROWS_PER_REQUEST,
+    SIZE_SLACK_PX,
+    nominal_pixels,
     parse_member_name,
 )
 from galaxiesml.schema import BANDS
@@ -127,12 +128,14 @@ def list_file(rows: Sequence[CutoutRow], rerun: str = RERUN, planes: tuple[str, 
 
 def check_member(data: bytes, row: CutoutRow, planes: tuple[str, ...]) -> str | None:
     """Why a member cannot be the cutout of `row` (None when it can): it must be whole FITS
-    blocks, open with astropy, carry the asked planes as 2-d arrays no larger than asked."""
+    blocks, open with astropy, carry the asked planes as 2-d arrays no larger than asked, give or
+    take SIZE_SLACK_PX (the service's rounding is not documented; where the galaxy lies on it is
+    for the decoder to read from its WCS)."""
     if len(data) == 0 or len(data) % 2880:
         return f"member of {len(data)} bytes is not whole FITS blocks"
     sh = row.half_width if row.half_height is None else row.half_height
-    max_w = 2 * int(row.half_width / PIXEL_SCALE + 1e-6) + 1
-    max_h = 2 * int(sh / PIXEL_SCALE + 1e-6) + 1
+    max_w = nominal_pixels(row.half_width) + SIZE_SLACK_PX
+    max_h = nominal_pixels(sh) + SIZE_SLACK_PX
     try:
         with fits.open(io.BytesIO(data), memmap=False) as hdul:
             if len(hdul) != 1 + len(planes):

@@ -39,6 +39,18 @@ HALF_WIDTH_127: float = 63 * PIXEL_SCALE
 #: Half width the paper asked the cutout service for, in arcsec (~119 px wide, padded to 127).
 PAPER_HALF_WIDTH: float = 10.0
 
+#: Pixels a cutout may be larger than its nominal size (nominal_pixels) and still be taken as the
+#: cutout asked for. How das_cutout rounds a half width to pixels is written nowhere we know of:
+#: 2 floor(h / 0.168) + 1 gives 119 px at the paper's 10", round(2 h / 0.168 + 1) gives 120, and a
+#: service may add a pixel more; cutouts cut short by a patch edge are smaller, never larger.
+SIZE_SLACK_PX = 10
+
+
+def nominal_pixels(half_size: float) -> float:
+    """Pixels across a cutout of half size `half_size` arcsec, before the service rounds it."""
+    return 2 * half_size / PIXEL_SCALE + 1
+
+
 PDR2_CUTOUT_URL = "https://hsc-release.mtk.nao.ac.jp/das_cutout/pdr2/cgi-bin/cutout"
 #: Rows per request clients use (the service takes at most 1000).
 ROWS_PER_REQUEST = 990

@@ -4,8 +4,10 @@ It follows docs/hsc-services.md: a multipart POST of a `list` file with HTTP Bas
 auth; a `#? rerun filter ra dec sw sh [image mask variance type tract]` header; half sizes with a
 unit; at most 1000 rows (406 above, and for any malformed list); an uncompressed tar reply whose
 members are `arch-<n>-<n>/<lineno>-cutout-<FILTER>-<tract>-<rerun>.fits`, lineno counting the
-header as line 1; a row without coverage is simply missing; 401 for a bad account; 503 when one
-account has more than `max_streams` requests in flight. Faults (502/503, slow replies, dropped
+header as line 1; a row without coverage is simply missing, and a list without rows gets an empty
+tar; 401 for a bad account; 503 when one account has more than `max_streams` requests in flight.
+Where the documentation leaves a choice (how a half size is rounded to pixels, the members'
+order), a Reading says which this stand-in makes. Faults (502/503, slow replies, dropped
 connections, truncated tars, corrupt or short members) are injected from a seeded FaultPlan.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from astropy.wcs import WCS
 
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.hsc.format import BAND_OF_FILTER, member_name
-from galaxiesml.sky import Sky
+from galaxiesml.sky import Rounding, Sky
 from galaxiesml.standins.loopback import LoopbackServer, StandinHandler
 from galaxiesml.standins.faults import FaultPlan, Faults
 
@@ -68,6 +70,7 @@ class CutoutKey(NamedTuple):
     image: bool
     mask: bool
     variance: bool
+    rounding: Rounding = "floor"
 
 
 @dataclass(frozen=True)
@@ -102,16 +105,17 @@ def _flag(text: str, column: str, lineno: int) -> bool:
 
 
 def parse_list_file(text: str, max_rows: int = MAX_ROWS) -> list[ListRow]:
-    """Parse a das_cutout list file. Text after `#` on a data line is a comment; blank lines are
-    skipped but counted in line numbers. Raises ListFileError for anything malformed."""
+    """Parse a das_cutout list file, reading every documented form gently: text after `#` is a
+    comment (on the `#?` header too, as the archive's own example shows); blank lines and comment
+    lines are skipped but counted in line numbers; columns the documentation does not name are
+    ignored; a list with no row gets an empty reply. Raises ListFileError for anything malformed."""
     lines = text.splitlines()
-    if not lines or not lines[0].startswith("#?"):
+    if not lines or not lines[0].lstrip().startswith("#?"):
         raise ListFileError("the first line must be a '#?' column header")
-    columns = lines[0][2:].split()
+    columns = lines[0].lstrip()[2:].split("#", 1)[0].split()
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-    if missing or unknown or len(set(columns)) != len(columns):
-        raise ListFileError(f"bad header: missing {missing}, unknown {unknown}")
+    if missing or len(set(columns)) != len(columns):
+        raise ListFileError(f"bad header: missing {missing}" if missing else "bad header: a column named twice")
     rows: list[ListRow] = []
     for lineno, line in enumerate(lines[1:], start=2):
         fields = line.split("#", 1)[0].split()
@@ -121,7 +125,7 @@ def parse_list_file(text: str, max_rows: int = MAX_ROWS) -> list[ListRow]:
             raise ListFileError(f"line {lineno}: {len(fields)} fields for {len(columns)} columns")
         if len(rows) >= max_rows:
             raise ListFileError(f"more than {max_rows} rows")
-        v = {**DEFAULTS, **dict(zip(columns, fields))}
+        v = {**DEFAULTS, **{c: f for c, f in zip(columns, fields) if c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}}
         try:
             ra, dec = float(v["ra"]), float(v["dec"])
         except ValueError:
@@ -144,8 +148,6 @@ def parse_list_file(text: str, max_rows: int = MAX_ROWS) -> list[ListRow]:
         if not (key.image or key.mask or key.variance):
             raise ListFileError(f"line {lineno}: no plane asked for")
         rows.append(ListRow(lineno, v["rerun"], key, v["type"], tract))
-    if not rows:
-        raise ListFileError("no rows")
     return rows
 
 
@@ -165,6 +167,7 @@ class CutoutCache:
     @staticmethod
     def _name(key: CutoutKey) -> str:
         text = f"{key.filter}|{key.ra:.9f}|{key.dec:.9f}|{key.sw:.6f}|{key.sh:.6f}|{key.image:d}{key.mask:d}{key.variance:d}"
+        text += "" if key.rounding == "floor" else f"|{key.rounding}"
         return hashlib.sha1(text.encode()).hexdigest()
 
     def get(self, key: CutoutKey) -> tuple[bool, bytes | None]:
@@ -256,7 +259,7 @@ class PoolCache(CutoutCache):
 
 def render_fits(sky: Sky, key: CutoutKey) -> bytes | None:
     """The FITS file das_cutout would return for `key`, or None without coverage."""
-    cutout = sky.cutout(key.filter, key.ra, key.dec, key.sw, key.sh)
+    cutout = sky.cutout(key.filter, key.ra, key.dec, key.sw, key.sh, rounding=key.rounding)
     return None if cutout is None else cutout.fits_bytes(key.image, key.mask, key.variance)
 
 
@@ -288,6 +291,17 @@ def prerender(sky: Sky, keys: Iterable[CutoutKey], cache: CutoutCache, workers: 
     return len(todo)
 
 
+@dataclass(frozen=True)
+class Reading:
+    """The choices the documented protocol leaves to the service, as this stand-in makes them:
+    how a half size becomes pixels (see galaxiesml.sky.cutout_pixels) and the order of the tar's
+    members ("filter": by filter, then list line; "reversed"; "line": by list line). The client
+    must take any of them."""
+
+    rounding: Rounding = "floor"
+    member_order: str = "filter"
+
+
 class CutoutService:
     """The service behind the HTTP front: account check, stream limit, rows to tar, faults."""
 
@@ -299,7 +313,11 @@ class CutoutService:
         cache: CutoutCache | None = None,
         max_streams: int = 2,
         max_rows: int = MAX_ROWS,
+        reading: Reading = Reading(),
     ):
+        if reading.member_order not in ("filter", "reversed", "line"):
+            raise ValueError(f"unknown member order {reading.member_order!r}")
+        self.reading = reading
         self.sky = sky
         self._credentials = credentials
         self.faults = FaultPlan(faults)
@@ -340,6 +358,7 @@ class CutoutService:
             self._streams[user] -= 1
 
     def cutout_bytes(self, key: CutoutKey) -> bytes | None:
+        key = key._replace(rounding=self.reading.rounding)
         found, data = self.cache.get(key)
         if not found:
             data = render_fits(self.sky, key)
@@ -361,7 +380,9 @@ class CutoutService:
                 continue
             name = member_name(arch, row.lineno, row.key.filter, self.sky.layout.tract, row.rerun)
             members.append((row.key.filter, row.lineno, name, data))
-        members.sort(key=lambda m: (m[0], m[1]))
+        members.sort(key=lambda m: (m[1],) if self.reading.member_order == "line" else (m[0], m[1]))
+        if self.reading.member_order == "reversed":
+            members.reverse()
         if members and fault in ("corrupt_member", "wrong_size_member"):
             k = int(self.faults.rng_value("damage") * len(members))
             f, ln, name, data = members[k]

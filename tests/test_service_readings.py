@@ -1,0 +1,158 @@
+"""The cutout client against every reading of the protocol the real service may make, not only the
+one our stand-in makes by default: cutouts rounded to other sizes (117-129 px, odd and even),
+members in other orders, lists with comments, an empty list. Each reading must give the galaxy the
+same pixels at the same grid positions as the default one, and a whole build the same dataset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from galaxiesml.cutouts import CENTRE, PADDED, galaxy_image
+from galaxiesml.hsc.credentials import Credentials
+from galaxiesml.hsc.cutout_client import CutoutClient, CutoutRow, Target, check_member, list_file
+from galaxiesml.hsc.format import PAPER_HALF_WIDTH, parse_member_name
+from galaxiesml.sky import cutout_pixels, make_sky, write_sky
+from galaxiesml.standins.cutout_service import CutoutServer, CutoutService, Reading
+from pipeline.cli import run
+
+PASSWORD = "pw-readings-4!"
+CREDS = Credentials("dora", PASSWORD)
+#: The readings a test of the client goes through: our default, the one an independent stand-in
+#: made (round(2 h / 0.168 + 1) = 120 px, members reversed), and fixed sizes either side.
+READINGS = [
+    Reading(),
+    Reading("round", "reversed"),
+    *(Reading(n, order) for n, order in zip(range(117, 130), ["line", "reversed"] * 7)),
+]
+
+
+@pytest.fixture(scope="module")
+def sky_rows():
+    return make_sky(60, seed=11, patch_px=1000, empty_share=0.0, band_gap_share=0.0, old_filter_share=0.0)
+
+
+@pytest.fixture(scope="module")
+def targets(sky_rows):
+    truth = sky_rows[0].truth.to_pylist()
+    return [Target(t["object_id"], t["ra"], t["dec"]) for t in truth if t["kind"] == "galaxy"][:5]
+
+
+def fetch(sky, targets, reading: Reading) -> list:
+    """The galaxies' decoded images, fetched through the client from a stand-in with `reading`."""
+    with CutoutServer(CutoutService(sky, CREDS, reading=reading)) as server:
+        with CutoutClient(CREDS, url=server.url, backoff_s=0.001, max_retries=1) as client:
+            got = list(client.fetch_galaxies(targets, half_width=PAPER_HALF_WIDTH))
+    assert all(g.complete for g in got), [(g.failed, g.missing) for g in got]
+    return [galaxy_image(g) for g in got]
+
+
+@pytest.fixture(scope="module")
+def reference(sky_rows, targets):
+    return fetch(sky_rows[0], targets, Reading())
+
+
+def test_the_paper_request_is_119_px_by_default_and_120_rounded():
+    assert cutout_pixels(PAPER_HALF_WIDTH) == 119 and cutout_pixels(PAPER_HALF_WIDTH, "round") == 120
+
+
+@pytest.mark.parametrize("reading", READINGS, ids=lambda r: f"{r.rounding}-{r.member_order}")
+def test_every_reading_gives_the_same_pixels_at_the_same_grid_positions(sky_rows, targets, reference, reading):
+    images = fetch(sky_rows[0], targets, reading)
+    size = cutout_pixels(PAPER_HALF_WIDTH, reading.rounding)
+    counts = []
+    for ref, img in zip(reference, images):
+        both = ((ref.flags | img.flags) & PADDED) == 0
+        assert both.any(axis=(1, 2)).all()
+        # the same sky pixels (rendered for another box: equal to float32 rounding; a pixel's shift
+        # would differ by the noise, ~1e-2)
+        np.testing.assert_allclose(np.where(both, img.image, 0), np.where(both, ref.image, 0), rtol=0, atol=1e-5)
+        covered = (img.flags & PADDED) == 0
+        # the galaxy's pixel is the grid's centre, and the cutout covers what its size allows
+        assert covered[:, CENTRE, CENTRE].all()
+        counts += covered.sum(axis=(1, 2)).tolist()
+    assert max(counts) == min(size, 127) ** 2  # a patch edge may cut some short
+
+
+def test_members_in_any_order_are_matched_by_line_number(sky_rows, targets):
+    rows = [CutoutRow(t.object_id, t.ra, t.dec, f, PAPER_HALF_WIDTH) for t in targets for f in ("HSC-G", "HSC-Z")]
+    for order in ("filter", "reversed", "line"):
+        with CutoutServer(CutoutService(sky_rows[0], CREDS, reading=Reading(member_order=order))) as server:
+            reply = requests.post(server.url, files={"list": ("l.txt", list_file(rows))}, auth=(CREDS.user, PASSWORD))
+            import io
+            import tarfile
+
+            with tarfile.open(fileobj=io.BytesIO(reply.content)) as tar:
+                names = [parse_member_name(m.name) for m in tar.getmembers()]
+            lines = [n.lineno for n in names]
+            assert sorted(lines) == list(range(2, 2 + len(rows)))
+            assert lines == {"filter": sorted(lines, key=lambda k: (rows[k - 2].filter, k)),
+                             "reversed": sorted(lines, key=lambda k: (rows[k - 2].filter, k))[::-1],
+                             "line": sorted(lines)}[order]
+            with CutoutClient(CREDS, url=server.url, backoff_s=0.001) as client:
+                results = client.fetch_rows(rows)
+            assert [r.row for r in results] == rows and all(r.status == "ok" for r in results)
+
+
+def test_a_member_is_refused_only_when_it_cannot_be_the_cutout_asked_for(sky_rows, targets):
+    t = targets[0]
+    row = CutoutRow(t.object_id, t.ra, t.dec, "HSC-I", PAPER_HALF_WIDTH)
+    for n in (60, 117, 119, 120, 124, 129, 130):  # a patch edge cuts a cutout short; rounding adds a pixel
+        data = sky_rows[0].cutout("HSC-I", t.ra, t.dec, PAPER_HALF_WIDTH, rounding=n).fits_bytes()
+        assert check_member(data, row, ("image",)) is None, n
+    far_too_big = sky_rows[0].cutout("HSC-I", t.ra, t.dec, PAPER_HALF_WIDTH, rounding=161).fits_bytes()
+    assert "shape" in check_member(far_too_big, row, ("image",))
+
+
+@pytest.mark.parametrize(
+    "text, lines",
+    [
+        # the archive's documentation writes a comment after the column descriptor
+        ("#? rerun filter ra dec sw sh # column descriptor\n{row}\n", [2]),
+        # blank lines and comment lines between rows, counted in line numbers
+        ("#? rerun filter ra dec sw sh\n\n# the next row is line 4\n{row}\n   \n{row} # again\n", [4, 6]),
+        # a column the documentation does not name is ignored
+        ("#? rerun filter ra dec sw sh note\n{row_note}\n", [2]),
+        # only the header: an empty archive, as for rows without coverage
+        ("#? rerun filter ra dec sw sh\n", []),
+    ],
+)
+def test_the_standin_takes_every_documented_form_of_the_list(sky_rows, targets, text, lines):
+    t = targets[0]
+    row = f"pdr2_wide HSC-I {t.ra:.8f} {t.dec:.8f} 10asec 10asec"
+    body = text.format(row=row, row_note=row + " whatever")
+    with CutoutServer(CutoutService(sky_rows[0], CREDS)) as server:
+        reply = requests.post(server.url, files={"list": ("l.txt", body)}, auth=(CREDS.user, PASSWORD))
+    assert reply.status_code == 200, reply.text
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(reply.content)) as tar:
+        assert sorted(parse_member_name(m.name).lineno for m in tar.getmembers()) == lines
+
+
+def build_through(tmp_path, sky, rows, reading: Reading, monkeypatch) -> dict:
+    """A whole build of `sky`'s catalog through a stand-in with `reading`."""
+    paths = write_sky(sky, rows, tmp_path / "input")
+    monkeypatch.setenv("HSC_SSP_CAS_USER", CREDS.user)
+    monkeypatch.setenv("HSC_SSP_CAS_PASSWORD", PASSWORD)
+    with CutoutServer(CutoutService(sky, CREDS, reading=reading)) as server:
+        return run(["--catalog", str(paths["catalog"]), "--output", str(tmp_path / "out"), "--hsc_url", server.url,
+                    "--runner=FnApiRunner", "--progress_every=0", "--no_sersic"])
+
+
+def test_a_build_through_the_other_reading_keeps_every_covered_galaxy_with_the_same_data(tmp_path, sky_rows, monkeypatch):
+    sky, rows = sky_rows
+    ours = build_through(tmp_path / "floor", sky, rows, Reading(), monkeypatch)
+    theirs = build_through(tmp_path / "round", sky, rows, Reading("round", "reversed"), monkeypatch)
+    assert ours["funnel"]["kept"] > 0 and theirs["funnel"]["kept"] == ours["funnel"]["kept"]
+    assert theirs["funnel"]["failed"] == ours["funnel"]["failed"] == 0
+    columns = ["object_id", "split", "i_isophotal_area", "r_half_light_radius", "g_total_galaxies"]
+    read = lambda out: pq.read_table(sorted(out.glob("galaxies/*/part-*.parquet")), columns=columns).sort_by("object_id")
+    a, b = read(tmp_path / "floor" / "out"), read(tmp_path / "round" / "out")
+    assert a.column("object_id").equals(b.column("object_id")) and a.column("split").equals(b.column("split"))
+    # one more pixel row and column of sky can move a measurement a little, never the sample
+    assert json.loads((tmp_path / "round" / "out" / "summary.json").read_text())["funnel"]["kept"] == a.num_rows
