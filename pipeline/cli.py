@@ -87,6 +87,28 @@ class AlreadyBuilt(Exception):
     """The output already holds this build, complete: nothing to do."""
 
 
+class BuildFailed(Exception):
+    """The job ran and wrote its outputs, but lost too much to call the build a success."""
+
+
+#: Failure reasons that are no loss of the build's: the archive has no image of the galaxy there.
+NOT_LOSSES = frozenset({"no_coverage"})
+
+
+def verdict(funnel: dict, max_failed_fraction: float) -> str | None:
+    """Why a finished build is a failure (None when it is not): it kept no galaxy, or lost more
+    than `max_failed_fraction` of the catalog's kept galaxies to fetch or morphology failures."""
+    if funnel["kept"] == 0:
+        return f"the build kept no galaxy of {funnel['rows_read']:,} catalog rows"
+    losses = {r: n for reasons in funnel.get("failed_by_stage", {}).values() for r, n in reasons.items() if r not in NOT_LOSSES}
+    lost, of = sum(losses.values()), funnel.get("catalog_kept", funnel["kept"])
+    if of and lost / of > max_failed_fraction:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in sorted(losses.items(), key=lambda kv: -kv[1]))
+        return (f"the build lost {lost:,} of {of:,} galaxies ({lost / of:.1%}) to failures ({reasons}), more than "
+                f"--max_failed_fraction {max_failed_fraction:g}: see catalog/failed-*.parquet")
+    return None
+
+
 def _check_gcs(*paths: str) -> None:
     if any(p.startswith("gs://") for p in paths):
         try:
@@ -96,14 +118,22 @@ def _check_gcs(*paths: str) -> None:
             raise UserError("gs:// paths need the GCP extra: pip install -e '.[gcp]'")
 
 
-def _check_service(url: str) -> None:
+def _check_service(url: str, credentials: Credentials) -> None:
+    """Reach the cutout service with the account, so that a wrong account or address fails before
+    the job starts (a GET: the service answers it without cutting anything)."""
     try:
-        requests.get(url, timeout=10)
+        reply = requests.get(url, auth=(credentials.user, credentials.password), timeout=10)
     except requests.RequestException as exc:
         raise UserError(
             f"cannot reach the HSC cutout service at {url} ({type(exc).__name__}): check the network, "
             "or --hsc_url, or use --cutout_source local or none"
         )
+    with reply:
+        if reply.status_code == 401:
+            raise UserError(
+                f"the HSC cutout service at {url} refused the account {credentials.user!r} (HTTP 401): check "
+                "HSC_SSP_CAS_USER and HSC_SSP_CAS_PASSWORD"
+            )
 
 
 def identity(info: dict) -> dict:
@@ -188,10 +218,10 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
             raise UserError(f"{path}: cannot be read ({exc})")
     if opts.cutout_source == "service":
         try:
-            Credentials.from_env()
+            credentials = Credentials.from_env()
         except HscAuthError as exc:
             raise UserError(f"{exc} (or choose --cutout_source local or none)")
-        _check_service(opts.hsc_url)
+        _check_service(opts.hsc_url, credentials)
     if opts.cutout_source == "local" and not FileSystems.exists(opts.patch_root or "/nonexistent"):
         raise UserError(f"--patch_root {opts.patch_root!r} does not exist: give the folder holding deepCoadd-results/")
     _check_output(opts)
@@ -252,6 +282,9 @@ def run(argv: list[str]) -> dict:
         with FileSystems.open(FileSystems.join(opts.output, "summary.json")) as f:
             return json.load(f)
     summary = finish_build(opts)
+    failure = verdict(summary["funnel"], opts.max_failed_fraction)
+    if failure:
+        raise BuildFailed(failure)  # not marked completed: a rerun fetches the failed galaxies again
     mark_completed(opts)
     return summary
 
@@ -375,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BuildFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a failed job: one line, the traceback on request
         if verbose:
             traceback.print_exc()

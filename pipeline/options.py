@@ -266,6 +266,14 @@ class GalaxiesMLOptions(PipelineOptions):
         images.add_argument(
             "--galaxies_per_request", type=int, default=GALAXIES_PER_REQUEST, help="galaxies per cutout request (<= 198)"
         )
+        images.add_argument(
+            "--max_failed_fraction",
+            type=float,
+            default=0.05,
+            help="the build fails (exit 1, after writing every output) when more than this share of the "
+            "catalog's kept galaxies is lost to fetch or morphology failures (no coverage in the archive is "
+            "not a failure); a build that keeps no galaxy always fails",
+        )
         images.add_argument("--psf", default="", help="FITS cube of 5 PSF images (g..y); default a Moffat FWHM 0.7\"")
         images.add_argument("--no_sersic", action="store_true", help="skip the Sersic fit (sersic_index NaN)")
         images.add_argument(

@@ -17,7 +17,7 @@ from galaxiesml.hsc.cutout_client import CutoutClient, CutoutRow, Target, check_
 from galaxiesml.hsc.format import PAPER_HALF_WIDTH, parse_member_name
 from galaxiesml.sky import cutout_pixels, make_sky, write_sky
 from galaxiesml.standins.cutout_service import CutoutServer, CutoutService, Reading
-from pipeline.cli import run
+from pipeline.cli import main, run, verdict
 
 PASSWORD = "pw-readings-4!"
 CREDS = Credentials("dora", PASSWORD)
@@ -156,3 +156,55 @@ def test_a_build_through_the_other_reading_keeps_every_covered_galaxy_with_the_s
     assert a.column("object_id").equals(b.column("object_id")) and a.column("split").equals(b.column("split"))
     # one more pixel row and column of sky can move a measurement a little, never the sample
     assert json.loads((tmp_path / "round" / "out" / "summary.json").read_text())["funnel"]["kept"] == a.num_rows
+
+
+def test_a_build_that_loses_every_galaxy_fails_after_writing_its_outputs(tmp_path, sky_rows, monkeypatch, capsys):
+    """130 px cutouts pass the client (within its slack) but cannot be placed on the 127 px grid:
+    every galaxy fails (but a few that a patch edge cuts short), and the build must say so, not
+    exit 0 as it did with `kept 0`."""
+    sky, rows = sky_rows
+    paths = write_sky(sky, rows, tmp_path / "input")
+    monkeypatch.setenv("HSC_SSP_CAS_USER", CREDS.user)
+    monkeypatch.setenv("HSC_SSP_CAS_PASSWORD", PASSWORD)
+    out = tmp_path / "out"
+    with CutoutServer(CutoutService(sky, CREDS, reading=Reading(130))) as server:
+        code = main(["--catalog", str(paths["catalog"]), "--output", str(out), "--hsc_url", server.url,
+                     "--runner=FnApiRunner", "--progress_every=0", "--no_sersic"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    funnel = json.loads((out / "summary.json").read_text())["funnel"]
+    lost = funnel["failed_by_stage"]["cutout"]["wrong_size"]
+    assert lost >= 0.9 * funnel["catalog_kept"] > 0
+    assert err == (f"error: the build lost {lost} of {funnel['catalog_kept']} galaxies ({lost / funnel['catalog_kept']:.1%}) "
+                   f"to failures (wrong_size {lost}), more than --max_failed_fraction 0.05: see catalog/failed-*.parquet")
+    failed = pq.read_table(sorted(out.glob("catalog/failed-*.parquet")))
+    assert failed.num_rows == funnel["failed"] and (out / "datacard" / "index.html").is_file()
+    assert "completed" not in json.loads((out / "build.json").read_text())  # a rerun tries again
+
+
+def test_losing_more_than_the_allowed_share_fails_and_no_coverage_is_no_loss():
+    funnel = {"rows_read": 100, "catalog_kept": 50, "kept": 40, "failed_by_stage": {"cutout": {"no_coverage": 10}}}
+    assert verdict(funnel, 0.05) is None  # the archive has no image of 10: not the build's loss
+    funnel["failed_by_stage"]["cutout"]["fetch_failed"] = 3
+    assert verdict(funnel, 0.05) == (
+        "the build lost 3 of 50 galaxies (6.0%) to failures (fetch_failed 3), more than --max_failed_fraction 0.05: "
+        "see catalog/failed-*.parquet"
+    )
+    assert verdict(funnel, 0.1) is None
+    assert verdict({**funnel, "kept": 0}, 1.0).startswith("the build kept no galaxy")
+
+
+def test_a_wrong_password_fails_before_the_job_in_one_line(tmp_path, sky_rows, monkeypatch, capsys):
+    sky, rows = sky_rows
+    paths = write_sky(sky, rows, tmp_path / "input")
+    monkeypatch.setenv("HSC_SSP_CAS_USER", CREDS.user)
+    monkeypatch.setenv("HSC_SSP_CAS_PASSWORD", "not-" + PASSWORD)
+    with CutoutServer(CutoutService(sky, CREDS)) as server:
+        code = main(["--catalog", str(paths["catalog"]), "--output", str(tmp_path / "out"), "--hsc_url", server.url,
+                     "--runner=FnApiRunner"])
+        assert server.service.status_counts == {401: 1}  # the check alone: no job ran
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err == (f"error: the HSC cutout service at {server.url} refused the account 'dora' (HTTP 401): check "
+                   "HSC_SSP_CAS_USER and HSC_SSP_CAS_PASSWORD")
+    assert PASSWORD not in err and not (tmp_path / "out" / "summary.json").exists()

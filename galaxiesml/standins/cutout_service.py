@@ -416,6 +416,8 @@ class _Handler(StandinHandler):
         self.server.service.count_status(status)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        if self.server.service.authorised(self.headers.get("Authorization")) is None:
+            return self.send(401, b"authorization required\n", headers={"WWW-Authenticate": 'Basic realm="HSC"'})
         self.send(406, b"the single-cutout GET form is not served by this stand-in: POST a list\n")
 
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
