@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
@@ -51,6 +52,13 @@ class ParsedBatch:
 
     rows: pa.RecordBatch
     rejected: pa.RecordBatch
+
+
+#: File names a folder given as --catalog is read for: every format catalog_format knows, plain or
+#: compressed.
+CATALOG_SUFFIXES: tuple[str, ...] = tuple(
+    base + comp for base in (".csv", ".fits", ".fit", ".fts", ".parquet", ".pq") for comp in ("", ".gz", ".bz2", ".zst", ".deflate")
+)
 
 
 def catalog_format(path: str) -> str:
@@ -150,45 +158,53 @@ def _read_csv(stream: BinaryIO, source: str, batch_rows: int) -> Iterator[RawBat
     tables: list[pa.Table] = []
     lines: list[np.ndarray] = []
     bad: list[tuple[int, str, str]] = []
-    for table, block_lines, block_bad in _csv_blocks(stream, source):
-        tables.append(table)
-        lines.append(block_lines)
-        bad.extend(block_bad)
-        if sum(t.num_rows for t in tables) >= batch_rows:
+    try:
+        for table, block_lines, block_bad in _csv_blocks(stream, source):
+            tables.append(table)
+            lines.append(block_lines)
+            bad.extend(block_bad)
+            if sum(t.num_rows for t in tables) >= batch_rows:
+                yield pa.concat_tables(tables).combine_chunks(), np.concatenate(lines), bad
+                tables, lines, bad = [], [], []
+    finally:  # also when the file breaks off midway: the rows read before the break are not lost
+        if tables and (bad or any(t.num_rows for t in tables)):
             yield pa.concat_tables(tables).combine_chunks(), np.concatenate(lines), bad
-            tables, lines, bad = [], [], []
-    if tables and (bad or any(t.num_rows for t in tables)):
-        yield pa.concat_tables(tables).combine_chunks(), np.concatenate(lines), bad
 
 
 def _csv_blocks(stream: BinaryIO, source: str) -> Iterator[RawBatch]:
-    """One raw batch per block pyarrow parses (and a last, empty one for malformed lines at the end)."""
+    """One raw batch per block pyarrow parses (and a last, empty one for malformed lines at the end).
+    A line that is not UTF-8 text, or longer than LONG_LINE_BYTES, is a malformed row, not the end
+    of the file's reading; a file with a header and no row has no rows."""
     names, line_no = read_header(stream, source)
     malformed: list[tuple[int, str, str]] = []
+    long_lines = _LongLines(stream)
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         # pyarrow counts lines from where it starts reading, just after the header.
-        malformed.append(
-            (
-                int(row.number) + line_no,
-                row.text,
-                f"expected {row.expected_columns} fields, found {row.actual_columns}",
-            )
-        )
+        number = int(row.number) + line_no
+        text, why = long_lines.explain(row.text)
+        malformed.append((number, text, why or f"expected {row.expected_columns} fields, found {row.actual_columns}"))
         return "skip"
 
-    reader = pacsv.open_csv(
-        stream,
-        read_options=pacsv.ReadOptions(
-            column_names=names, block_size=CSV_BLOCK_BYTES, use_threads=False
-        ),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(
-            column_types={n: pa.string() for n in names},
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    try:
+        reader = pacsv.open_csv(
+            long_lines,
+            read_options=pacsv.ReadOptions(
+                column_names=names, block_size=CSV_BLOCK_BYTES, use_threads=False
+            ),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.binary() for n in names},  # checked for UTF-8 row by row below
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        if long_lines.error is not None:
+            raise long_lines.error
+        if "Empty CSV file" in str(exc):
+            return
+        raise
     skipped: set[int] = set()
     next_line = line_no + 1
     while True:
@@ -202,11 +218,122 @@ def _csv_blocks(stream: BinaryIO, source: str) -> Iterator[RawBatch]:
         if batch is None:
             if new_bad:
                 yield _empty_raw(names), np.zeros(0, np.int64), new_bad
+            if long_lines.error is not None:
+                raise long_lines.error
             return
         lines = _line_numbers(next_line, batch.num_rows, skipped)
         if batch.num_rows:
             next_line = int(lines[-1]) + 1
-        yield pa.Table.from_batches([batch]), lines, new_bad
+        table, not_utf8 = _as_text(pa.Table.from_batches([batch]))
+        if not_utf8:
+            keep = np.ones(table.num_rows, bool)
+            keep[list(not_utf8)] = False
+            new_bad += [(int(lines[i]), text, why) for i, (text, why) in sorted(not_utf8.items())]
+            table, lines = table.filter(pa.array(keep)), lines[keep]
+        yield table, lines, new_bad
+
+
+def _as_text(table: pa.Table) -> tuple[pa.Table, dict[int, tuple[str, str]]]:
+    """Binary CSV columns as UTF-8 strings; {row: (its text, why)} for rows that are not UTF-8
+    (their values become "", and the caller takes them out)."""
+    columns, bad = [], {}
+    for name, column in zip(table.column_names, table.columns):
+        try:
+            columns.append(pc.cast(column, pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values = column.to_pylist()
+        for i, v in enumerate(values):
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.setdefault(i, (b",".join(table.column(c)[i].as_py() for c in table.column_names).decode("utf-8", "replace"),
+                                   f"{name} is not UTF-8 text"))
+        columns.append(pa.array(["" if i in bad else v.decode("utf-8") for i, v in enumerate(values)], pa.string()))
+    return pa.table(dict(zip(table.column_names, columns))), bad
+
+
+#: Longest catalog line read as a row; a longer one is a malformed row (pyarrow cannot parse a row
+#: longer than its block, and no catalog row is anywhere near this).
+LONG_LINE_BYTES = CSV_BLOCK_BYTES // 4
+_LONG_MARK = b"\x00galaxiesml-long-line:"
+
+
+class _LongLines(io.RawIOBase):
+    """The rest of a CSV stream with every line longer than LONG_LINE_BYTES replaced by a short
+    marker line, which the parser then reports as an invalid row; `explain` turns the marker back
+    into the line's start and the reason. Line numbers are unchanged. A read that fails (a
+    compressed file cut short) ends the stream there and is kept in `error`, for the caller to
+    raise once the rows before it are out (the parser reads ahead, and would lose them)."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._ready = bytearray()  # whole lines, to hand out
+        self._pending = b""  # the current, unfinished line
+        self._skipping = 0  # >0: inside an over-long line, this many bytes of it dropped so far
+        self._heads: list[bytes] = []
+        self._eof = False
+        self.error: Exception | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._ready and not self._eof:
+            self._fill()
+        n = min(len(buffer), len(self._ready))
+        buffer[:n] = self._ready[:n]
+        del self._ready[:n]
+        return n
+
+    def _mark(self, head: bytes, length: int) -> bytes:
+        self._heads.append(head[:200])
+        return _LONG_MARK + f"{len(self._heads) - 1}:{length}".encode()
+
+    def _fill(self) -> None:
+        try:
+            chunk = self._stream.read(CSV_BLOCK_BYTES)
+        except (EOFError, OSError, zlib.error) as exc:
+            self.error, chunk = exc, b""
+        if not chunk:
+            self._eof = True
+            if self._skipping:
+                self._ready += self._mark(self._pending, self._skipping)
+            else:
+                self._ready += self._pending
+            self._pending, self._skipping = b"", 0
+            return
+        if self._skipping:
+            end = chunk.find(b"\n")
+            if end < 0:
+                self._skipping += len(chunk)
+                return
+            self._ready += self._mark(self._pending, self._skipping + end)
+            self._pending, self._skipping, chunk = b"", 0, chunk[end:]
+        data = self._pending + chunk
+        last = data.rfind(b"\n")
+        whole, self._pending = (data[: last + 1], data[last + 1 :]) if last >= 0 else (b"", data)
+        if len(whole) > LONG_LINE_BYTES:
+            ends = np.flatnonzero(np.frombuffer(whole, np.uint8) == 10)
+            starts = np.concatenate([[0], ends[:-1] + 1])
+            if (ends - starts > LONG_LINE_BYTES).any():  # rare: rebuild with the long lines marked
+                whole = b"".join(
+                    (self._mark(whole[a:b], b - a) + b"\n") if b - a > LONG_LINE_BYTES else whole[a : b + 1]
+                    for a, b in zip(starts.tolist(), ends.tolist())
+                )
+        self._ready += whole
+        if len(self._pending) > LONG_LINE_BYTES:
+            self._skipping, self._pending = len(self._pending), self._pending[:200]
+
+    def explain(self, text: str | None) -> tuple[str, str | None]:
+        """(the row's text, why it is malformed) for a marker line; (text, None) for any other."""
+        raw = (text or "").encode("utf-8", "surrogateescape")
+        if not raw.startswith(_LONG_MARK):
+            return text or "", None
+        index, length = (int(v) for v in raw[len(_LONG_MARK) :].split(b":")[:2])
+        head = self._heads[index].decode("utf-8", "replace")
+        return head + "...", f"a line of {length:,} bytes, longer than the {LONG_LINE_BYTES:,} a catalog row may be"
 
 
 def _line_numbers(first: int, count: int, skipped: set[int]) -> np.ndarray:
@@ -340,6 +467,9 @@ def coerce(
     off_sky = ~(np.isfinite(ra) & np.isfinite(dec) & (ra >= 0) & (ra <= 360) & (np.abs(dec) <= 90))
     for idx in np.flatnonzero(off_sky & (reason == None)):  # noqa: E711
         reason[idx], detail[idx] = "bad_value", f"ra, dec = {ra[idx]}, {dec[idx]} is not on the sky"
+    non_positive = np.asarray(pc.fill_null(pc.less_equal(columns["object_id"], 0), False))
+    for idx in np.flatnonzero(non_positive & (reason == None)):  # noqa: E711
+        reason[idx], detail[idx] = "bad_value", f"object_id={columns['object_id'][int(idx)].as_py()} is not positive"
     name = columns["specz_name"]
     blank_name = np.asarray(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(name), ""), False))
     for idx in np.flatnonzero(blank_name & (reason == None)):  # noqa: E711
@@ -367,6 +497,19 @@ def coerce(
             ]
         )
     return ParsedBatch(rows=_to_batch(rows), rejected=_to_batch(rejected))
+
+
+#: The reason of the one rejected record that stands for the unread rest of a damaged file.
+UNREADABLE_FILE = "unreadable_file"
+
+
+def unreadable_file(source: str, last_line: int, exc: BaseException) -> pa.Table:
+    """The rejected record for a file whose reading broke off after line `last_line` (a
+    compressed file cut short, a damaged block): the rows after it are lost, and this says so."""
+    detail = (f"the file could not be read past line {last_line:,} ({type(exc).__name__}: {str(exc)[:200]}); "
+              "every row after it is lost: replace the file and build again")
+    rows = pa.table({"source": [source], "line": pa.array([last_line + 1], pa.int64())})
+    return rejects_table(rows, [UNREADABLE_FILE], [detail])
 
 
 def rejects_table(

@@ -25,7 +25,7 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProv
 from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
 from galaxiesml import synthetic_catalog
-from galaxiesml.catalog import CatalogError, catalog_columns, check_columns
+from galaxiesml.catalog import UNREADABLE_FILE, CatalogError, catalog_columns, check_columns
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from galaxiesml.memory import limit_malloc_arenas_in_workers
 from galaxiesml.storage import created_atomically
@@ -41,7 +41,7 @@ from pipeline.options import (
     sample_cuts,
 )
 from pipeline.progress import Progress, worker_output_discarded
-from transforms.read_catalog import open_catalog
+from transforms.read_catalog import catalog_paths, open_catalog
 
 BUILD_FILE = "build.json"
 #: What makes two builds the same build (a rerun into the same output resumes it): what shapes the
@@ -98,6 +98,10 @@ NOT_LOSSES = frozenset({"no_coverage"})
 def verdict(funnel: dict, max_failed_fraction: float) -> str | None:
     """Why a finished build is a failure (None when it is not): it kept no galaxy, or lost more
     than `max_failed_fraction` of the catalog's kept galaxies to fetch or morphology failures."""
+    unread = funnel.get("rejected_by_reason", {}).get(UNREADABLE_FILE, 0)
+    if unread:
+        return (f"{unread} catalog file(s) could not be read to their end, and the rows after the break are lost "
+                f"(reason {UNREADABLE_FILE} in catalog/rejected-*.parquet names each file and line)")
     if funnel["kept"] == 0:
         return f"the build kept no galaxy of {funnel['rows_read']:,} catalog rows"
     losses = {r: n for reasons in funnel.get("failed_by_stage", {}).values() for r, n in reasons.items() if r not in NOT_LOSSES}
@@ -146,7 +150,7 @@ def identity(info: dict) -> dict:
 
 def catalog_files(pattern: str) -> list[list]:
     """(path, size) of each catalog file: a finished build is done only while these are unchanged."""
-    return sorted([m.path, m.size_in_bytes] for r in FileSystems.match([pattern]) for m in r.metadata_list)
+    return sorted([m.path, m.size_in_bytes] for r in FileSystems.match(catalog_paths(pattern)) for m in r.metadata_list)
 
 
 def remove_outputs(output: str) -> None:
@@ -205,7 +209,7 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
             cutout_config(opts)
     except ValueError as exc:
         raise UserError(str(exc))
-    matches = [m.path for r in FileSystems.match([opts.catalog]) for m in r.metadata_list]
+    matches = catalog_paths(opts.catalog)
     if not matches:
         raise UserError(f"no catalog file matches {opts.catalog!r}: check the path")
     for path in sorted(matches):

@@ -99,13 +99,13 @@ def test_malformed_rows_blank_lines_and_truncation_keep_line_numbers_right():
 def test_line_numbers_stay_right_across_many_batches(batch_rows):
     """60,000 rows are ~17 blocks of CSV text, gathered into one batch or into several."""
     n = 60000
-    lines = [csv_line(row(object_id=i)) for i in range(n)]
+    lines = [csv_line(row(object_id=i + 1)) for i in range(n)]  # ids are positive
     lines[45000] = "broken,row"
     rows, rejected = parse(hsc_csv(HEADER, lines, meta=2), batch_rows=batch_rows)
     assert rejected.column("line").to_pylist() == [45000 + 4]
     ids = np.asarray(rows.column("object_id"))
     got = np.asarray(rows.column("line"))
-    assert np.array_equal(got, ids + 4)
+    assert np.array_equal(got, ids + 3)
 
 
 def test_unusable_files_raise_clear_errors():
@@ -128,17 +128,17 @@ def test_duplicated_header_row_is_rejected_not_crashing():
 
 
 def test_parquet_and_fits_tables(tmp_path):
-    rows_in = [row(object_id=i, specz_name=f"n{i}") for i in range(5)]
+    rows_in = [row(object_id=i, specz_name=f"n{i}") for i in range(1, 6)]
     table = pa.Table.from_pylist(rows_in)
     pq.write_table(table, tmp_path / "c.parquet")
     rows, rejected = parse((tmp_path / "c.parquet").read_bytes(), "c.parquet")
-    assert rows.column("object_id").to_pylist() == list(range(5))
+    assert rows.column("object_id").to_pylist() == list(range(1, 6))
     assert rows.column("line").to_pylist() == [1, 2, 3, 4, 5]
 
     Table(rows=[tuple(r.values()) for r in rows_in], names=list(rows_in[0])).write(tmp_path / "c.fits")
     rows, rejected = parse((tmp_path / "c.fits").read_bytes(), "c.fits")
-    assert rows.column("object_id").to_pylist() == list(range(5))
-    assert rows.column("specz_name").to_pylist() == [f"n{i}" for i in range(5)]
+    assert rows.column("object_id").to_pylist() == list(range(1, 6))
+    assert rows.column("specz_name").to_pylist() == [f"n{i}" for i in range(1, 6)]
     assert rejected.num_rows == 0
 
 
