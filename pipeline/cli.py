@@ -40,7 +40,7 @@ from pipeline.options import (
     parse_fractions,
     sample_cuts,
 )
-from pipeline.progress import Progress, worker_output_discarded
+from pipeline.progress import Progress, shared_progress, worker_output_discarded
 from transforms.read_catalog import catalog_paths, open_catalog
 
 BUILD_FILE = "build.json"
@@ -258,10 +258,14 @@ def run_pipeline(opts: GalaxiesMLOptions):
     p = beam.Pipeline(runner=runner, options=opts)
     build(p, opts)
     workers = runner is not None and opts.view_as(DirectOptions).direct_running_mode == "multi_processing"
-    with worker_output_discarded() if workers and not opts.verbose else contextlib.nullcontext(sys.stderr) as console:
-        with Progress(opts.progress_every, console) if opts.progress_every > 0 else contextlib.nullcontext():
-            result = p.run()
-            result.wait_until_finish()
+    with contextlib.ExitStack() as stack:
+        console = stack.enter_context(worker_output_discarded()) if workers and not opts.verbose else sys.stderr
+        if opts.progress_every > 0:
+            if workers:  # their counts reach this process through files they write
+                stack.enter_context(shared_progress())
+            stack.enter_context(Progress(opts.progress_every, console))
+        result = p.run()
+        result.wait_until_finish()
     return result
 
 

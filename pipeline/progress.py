@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from typing import Iterator, TextIO
 
-from transforms.metrics import reset_tally, tally
+from transforms.metrics import PROGRESS_ENV, reset_tally, tally
 
 #: (label, counter prefix) per stage, in the order of the paper's flow.
 STAGES = (
@@ -64,7 +66,7 @@ class Progress:
         while not self._stop.wait(self.every):
             totals = stage_totals(tally())
             now = time.monotonic()
-            if totals != previous:
+            if totals != previous and any(totals.values()):
                 print(self.line(totals, previous, now - last), file=self.stream, flush=True)
             previous, last = totals, now
 
@@ -88,3 +90,20 @@ def worker_output_discarded() -> Iterator[TextIO]:
         sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def shared_progress() -> Iterator[str]:
+    """A folder where the worker processes started inside this block share their counts with this
+    process (transforms.metrics); removed on leaving."""
+    folder = tempfile.mkdtemp(prefix="galaxiesml-progress-")
+    saved = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = f"{folder}:{os.getpid()}"
+    try:
+        yield folder
+    finally:
+        if saved is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = saved
+        shutil.rmtree(folder, ignore_errors=True)

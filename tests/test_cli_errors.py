@@ -203,3 +203,22 @@ def test_a_crash_is_one_line_without_beams_traceback_unless_verbose(catalog, tmp
     assert f"at {script}:5 (count_by)" in lines[0] and "--verbose" in lines[0]
     loud = subprocess.run([sys.executable, str(script), *argv, "--verbose"], capture_output=True, text=True, env=env, timeout=300)
     assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
+
+
+def test_a_multi_process_run_shows_progress_and_no_worker_logs(tmp_path):
+    """Worker processes print Beam's INFO logs to the terminal unless told, and their counts do not
+    reach the launcher's progress line by themselves (it was empty)."""
+    from galaxiesml.synthetic_catalog import main as generate
+
+    catalog = tmp_path / "cat.csv"
+    assert generate(["--rows", "200000", "--out", str(catalog)]) == 0
+    argv = ["--catalog", str(catalog), "--output", str(tmp_path / "o"), "--cutout_source=none", "--progress_every=0.2",
+            "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    done = subprocess.run([sys.executable, "-m", "pipeline", *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    progress = [line for line in lines if re.match(r"\[\s*\d+ s\]", line)]
+    assert progress and all(re.match(r"\[\s*\d+ s\] \w", line) for line in progress), lines
+    assert any(re.search(r"read [\d,]+", line) for line in progress)
+    assert lines == progress, [line for line in lines if line not in progress]  # nothing but progress
