@@ -696,11 +696,46 @@ def read_fits_image(path: str | Path) -> np.ndarray:
     raise ValueError(f"{path}: no 2-D or 3-D image in HDU 1 or the primary HDU")
 
 
+def fits_band(path: str | Path) -> str | None:
+    """The band a cutout file is of, from the FILTER card of its image or primary header (HSC-I,
+    HSC-I2, or a bare band letter), or None when no card says."""
+    from astropy.io import fits
+
+    from galaxiesml.hsc.format import BAND_OF_FILTER
+
+    with fits.open(path, memmap=False) as hdul:
+        for hdu in list(hdul[1:2]) + [hdul[0]]:
+            value = str(hdu.header.get("FILTER", "")).strip()
+            band = BAND_OF_FILTER.get(value.upper(), value.lower() if value.lower() in BANDS else None)
+            if band:
+                return band
+    return None
+
+
+def psfs_for(path: str, planes: int, band: str | None, psf: np.ndarray | None) -> list[np.ndarray | None]:
+    """The PSF of each image plane of `path`: a 2-D PSF for every plane; a cube's planes in turn for
+    a stack of as many bands; for one band, the cube's plane of its FILTER. Raises ValueError (one
+    line) where the band's own PSF cannot be told: never another band's PSF without a word."""
+    if psf is None or psf.ndim == 2:
+        return [psf] * planes
+    if planes > 1 or len(psf) == 1:
+        if len(psf) != planes:
+            raise ValueError(f"{path}: {planes} image planes for a PSF cube of {len(psf)}")
+        return list(psf)
+    if band is None:
+        raise ValueError(f"{path}: one band image and a PSF cube of {len(psf)} planes, but no FILTER card says which "
+                         "band it is: give that band's PSF as a 2-D file, or add FILTER to the header")
+    if len(psf) != len(BANDS):
+        raise ValueError(f"{path}: a PSF cube of {len(psf)} planes does not hold one per band ({', '.join(BANDS)})")
+    return [psf[BANDS.index(band)]]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m galaxiesml.morphology FILE.fits ... [--psf PSF.fits] [--format csv|json] [--no-sersic]`."""
     ap = argparse.ArgumentParser(prog="python -m galaxiesml.morphology", description=main.__doc__)
     ap.add_argument("files", nargs="+", help="FITS cutouts (2-D band images or 3-D stacks of bands)")
-    ap.add_argument("--psf", help="PSF FITS file (2-D, or 3-D with one plane per band of the cutouts)")
+    ap.add_argument("--psf", help="PSF FITS file: 2-D, or a cube with one plane per band (g..y), of which a "
+                    "one-band cutout takes the plane of its FILTER")
     ap.add_argument("--format", choices=("csv", "json"), default="csv")
     ap.add_argument("--no-sersic", action="store_true", help="skip the Sersic fit (sersic_index NaN)")
     args = ap.parse_args(argv)
@@ -714,8 +749,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append({"file": f, "plane": 0, **_error_row()})
             continue
         planes = img if img.ndim == 3 else img[None]
-        for k, plane in enumerate(planes):
-            p = psf if psf is None or psf.ndim == 2 else psf[k] if k < len(psf) else None
+        try:
+            psfs = psfs_for(f, len(planes), fits_band(f) if img.ndim == 2 else None, psf)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for k, (plane, p) in enumerate(zip(planes, psfs)):
             rows.append({"file": f, "plane": k, **measure_band(plane, p, fit_sersic=not args.no_sersic)})
     fields = ["file", "plane", *BAND_COLUMNS]
     if args.format == "json":

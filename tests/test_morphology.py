@@ -11,6 +11,7 @@ import pytest
 from astropy.io import fits
 
 from galaxiesml import morphology as M
+from galaxiesml.schema import BANDS
 from tests.conftest import REAL_HSC
 from tests.synthetic_cutouts import psf_image, render_cutout, render_set
 
@@ -234,3 +235,23 @@ def test_command_measures_a_primary_hdu_cube_with_its_psfs_as_csv():
     assert len(lines) == 6
     err = lines[0].split(",").index("measurement_error")
     assert all(line.split(",")[err] == "0" for line in lines[1:])
+
+
+def test_a_single_band_file_takes_its_own_psf_from_a_cube_or_errors(tmp_path, capsys):
+    """The z band of the real stamp measured with the g PSF (plane 0, as a cube used to be read)
+    gave n = 0.893, with its own 0.772."""
+    with fits.open(REAL_HSC / "Cut_HSC.fits") as hdul:
+        cube = hdul[0].data.astype(np.float32)
+        header = hdul[0].header.copy()
+    with fits.open(REAL_HSC / "PSF_HSC.fits") as hdul:
+        psfs = hdul[0].data.astype(np.float64)
+    z = BANDS.index("z")
+    for name, card in (("z.fits", "HSC-Z"), ("z_letter.fits", "z")):
+        fits.HDUList([fits.PrimaryHDU(header=fits.Header([("FILTER", card)])), fits.ImageHDU(cube[z])]).writeto(tmp_path / name)
+        (row,) = json.loads(_run([str(tmp_path / name), "--psf", str(REAL_HSC / "PSF_HSC.fits"), "--format", "json"]))
+        assert row["sersic_index"] == pytest.approx(M.measure_band(cube[z], psfs[z])["sersic_index"])
+        assert row["sersic_index"] != pytest.approx(M.measure_band(cube[z], psfs[0])["sersic_index"])
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(cube[z])]).writeto(tmp_path / "unknown.fits")
+    assert M.main([str(tmp_path / "unknown.fits"), "--psf", str(REAL_HSC / "PSF_HSC.fits")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no FILTER card says which band" in err
