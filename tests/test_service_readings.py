@@ -208,3 +208,20 @@ def test_a_wrong_password_fails_before_the_job_in_one_line(tmp_path, sky_rows, m
     assert err == (f"error: the HSC cutout service at {server.url} refused the account 'dora' (HTTP 401): check "
                    "HSC_SSP_CAS_USER and HSC_SSP_CAS_PASSWORD")
     assert PASSWORD not in err and not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_a_client_that_resets_its_connection_prints_nothing(sky_rows, capsys):
+    """The demo printed socketserver's traceback for a keep-alive connection its client reset."""
+    import socket
+    import struct
+    import time
+
+    with CutoutServer(CutoutService(sky_rows[0], CREDS)) as server:
+        host, port = server.base_url.removeprefix("http://").split(":")
+        for _ in range(3):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(b"POST /das_cutout/pdr2/cgi-bin/cutout HTTP/1.1\r\nHost: x\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            s.close()
+        time.sleep(0.3)
+    assert "Traceback" not in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,6 +18,13 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], service: Any):
         super().__init__(address, handler)
         self.service = service
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that closes its connection (a keep-alive one it no longer needs, a reply it read
+        no further) is no error of the service's: socketserver would print a traceback for it."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class LoopbackServer:
