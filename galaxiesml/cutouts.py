@@ -137,6 +137,19 @@ def galaxy_image(cutouts: GalaxyCutouts, size: int = SIZE, bands: Sequence[str] 
     )
 
 
+#: How the morphology sees the pixels a cutout did not cover: "zero", as the dataset stores them
+#: and as the paper's Source Extractor saw its 127 x 127 images (the default: it reproduces SE on
+#: them); "missing", as no data, so that the background and its noise come from covered pixels alone.
+PADDED_PIXELS = ("zero", "missing")
+
+
+def measured_image(image: np.ndarray, flags: np.ndarray, padded_pixels: str = "zero") -> np.ndarray:
+    """The image the morphology measures: the stored one, or with its padded pixels NaN (missing)."""
+    if padded_pixels not in PADDED_PIXELS:
+        raise ValueError(f"padded pixels are measured as one of {PADDED_PIXELS}, not {padded_pixels!r}")
+    return image if padded_pixels == "zero" else np.where(flags & PADDED, np.float32(np.nan), image)
+
+
 def central_crop(cube: np.ndarray, size: int = CROP) -> np.ndarray:
     """The central size x size pixels of (..., N, N) images, keeping the centre pixel's place
     (for 127 -> 64: pixels 31..94, so pixel 63 lands at 32)."""

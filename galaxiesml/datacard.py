@@ -40,7 +40,7 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.patches import Circle, Ellipse
 from matplotlib.ticker import NullFormatter
 
-from galaxiesml.cutouts import CENTRE, PADDED, SIZE
+from galaxiesml.cutouts import CENTRE, PADDED, SIZE, measured_image
 from galaxiesml.dataset import GALAXIES_DIR, cube_numpy
 from galaxiesml.morphology import FLAG_COLUMNS, MEASUREMENT_COLUMNS, NEIGHBOUR_RADII, morphology_columns
 from galaxiesml.schema import BANDS, SPLITS
@@ -839,7 +839,7 @@ def morphology_example_section(b: Build) -> Section:
 
     band = BANDS.index(MORPHOLOGY_BAND)
     (cube,) = b.cubes([pick])
-    image = np.where(cube["image_flags"][band] & PADDED, np.float32(np.nan), cube["image"][band])  # as the job measures it
+    image = measured_image(cube["image"][band], cube["image_flags"][band], b.run.get("padded_pixels", "zero"))
     det = Detection(image)
     central = int(np.argmin(det.distances()))
     stored = {c: float(b.cols[f"{MORPHOLOGY_BAND}_{c}"][pick]) for c in MEASUREMENT_COLUMNS}

@@ -55,6 +55,7 @@ def run_info(opts: GalaxiesMLOptions) -> dict:
             info["cutouts"]["url"] = "the demo's stand-in of the cutout service, on loopback"
         info["psf"] = opts.psf or "Moffat FWHM 0.7 arcsec"
         info["sersic_fit"] = not opts.no_sersic
+        info["padded_pixels"] = opts.padded_pixels
     return info
 
 
@@ -98,7 +99,7 @@ def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
         from transforms.write_galaxies import WriteGalaxies
 
         fetched = kept | "FetchCutouts" >> FetchCutouts(cutout_config(opts))
-        measured = fetched.galaxies | "MeasureMorphology" >> MeasureMorphology(opts.psf, not opts.no_sersic)
+        measured = fetched.galaxies | "MeasureMorphology" >> MeasureMorphology(opts.psf, not opts.no_sersic, opts.padded_pixels)
         outputs["galaxies"] = measured.galaxies
         outputs["failed"] = (fetched[FAILED], measured[FAILED]) | "AllFailed" >> beam.Flatten()
         outputs["galaxy_files"] = measured.galaxies | "WriteGalaxies" >> WriteGalaxies(

@@ -47,7 +47,7 @@ BUILD_FILE = "build.json"
 #: What makes two builds the same build (a rerun into the same output resumes it): what shapes the
 #: data, never where it was fetched from on this run (a stand-in's loopback port, the cache, streams).
 IDENTITY = ("catalog", "synthetic_sky", "preset", "split_seed", "split_fractions", "extra_cuts", "mini_size", "mini_seed",
-            "cutout_source", "cutouts", "psf", "sersic_fit")
+            "cutout_source", "cutouts", "psf", "sersic_fit", "padded_pixels")
 #: The fields of the cutout settings that shape the images.
 CUTOUT_IDENTITY = ("source", "url", "patch_root", "half_width", "planes")
 #: Every output folder and file a build writes, with what it holds (the cutout cache is apart: it

@@ -277,6 +277,13 @@ class GalaxiesMLOptions(PipelineOptions):
         images.add_argument("--psf", default="", help="FITS cube of 5 PSF images (g..y); default a Moffat FWHM 0.7\"")
         images.add_argument("--no_sersic", action="store_true", help="skip the Sersic fit (sersic_index NaN)")
         images.add_argument(
+            "--padded_pixels",
+            choices=["zero", "missing"],
+            default="zero",
+            help="how the morphology sees pixels the cutout did not cover: zero, as stored and as the paper's "
+            "Source Extractor saw them (the default), or missing (no data; see docs/morphology.md)",
+        )
+        images.add_argument(
             "--hdf5_compression", default="", help="compression of the HDF5 images (e.g. gzip, lzf); none by default"
         )
         images.add_argument(

@@ -1,7 +1,7 @@
 """Stage 7 (paper section 3.4): the morphology columns of each galaxy, all five bands, with sep.
 
-Padded pixels (outside the cutout) are given to the measurement as missing data (NaN), not as the
-zeros the image cube keeps. A band that fails comes back as NaN values with its
+Padded pixels (outside the cutout) are measured as the image cube stores them, zero, as the paper's
+Source Extractor saw them (--padded_pixels missing gives them as no data instead). A band that fails comes back as NaN values with its
 measurement_error flag set and is counted; a galaxy whose measurement raises for any other reason
 goes to the failed output. Neither stops the run."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
-from galaxiesml.cutouts import PADDED
+from galaxiesml.cutouts import measured_image
 from galaxiesml.morphology import FLAG_COLUMNS, measure_galaxy, read_fits_image
 from galaxiesml.schema import BANDS
 from transforms.fetch_cutouts import FAILED, failed_record
@@ -27,9 +27,10 @@ def load_psfs(path: str) -> list[np.ndarray] | None:
 
 
 class _Measure(beam.DoFn):
-    def __init__(self, psf_path: str, fit_sersic: bool):
+    def __init__(self, psf_path: str, fit_sersic: bool, padded_pixels: str):
         self.psf_path = psf_path
         self.fit_sersic = fit_sersic
+        self.padded_pixels = padded_pixels
 
     def setup(self):
         from threadpoolctl import threadpool_limits
@@ -39,7 +40,7 @@ class _Measure(beam.DoFn):
         self._psfs = load_psfs(self.psf_path)
 
     def process(self, record: dict):
-        image = np.where(record["flags"] & PADDED, np.float32(np.nan), record["image"])
+        image = measured_image(record["image"], record["flags"], self.padded_pixels)
         try:
             morphology = measure_galaxy(image, self._psfs, fit_sersic=self.fit_sersic)
         except Exception as exc:  # never stop the run for one galaxy
@@ -58,12 +59,12 @@ class _Measure(beam.DoFn):
 class MeasureMorphology(beam.PTransform):
     """Galaxy records -> {"galaxies": the same with a "morphology" dict, "failed"}."""
 
-    def __init__(self, psf_path: str = "", fit_sersic: bool = True):
+    def __init__(self, psf_path: str = "", fit_sersic: bool = True, padded_pixels: str = "zero"):
         super().__init__()
         self.psf_path = psf_path
         self.fit_sersic = fit_sersic
+        self.padded_pixels = padded_pixels
 
     def expand(self, galaxies):
-        return galaxies | "Measure 5 bands" >> beam.ParDo(_Measure(self.psf_path, self.fit_sersic)).with_outputs(
-            FAILED, main="galaxies"
-        )
+        measure = _Measure(self.psf_path, self.fit_sersic, self.padded_pixels)
+        return galaxies | "Measure 5 bands" >> beam.ParDo(measure).with_outputs(FAILED, main="galaxies")
