@@ -20,3 +20,10 @@ def hsc_csv(header: list[str], rows: list[str], meta: int = 2) -> bytes:
     lines = [f"# metadata line {i}" for i in range(meta)]
     lines.append("# " + ",".join(header))
     return ("\n".join(lines + rows) + "\n").encode()
+
+
+def galaxy_targets(sky) -> list:
+    """The galaxies of a synthetic sky as cutout-client Targets, in truth-table order."""
+    from galaxiesml.hsc.cutout_client import Target
+
+    return [Target(t["object_id"], t["ra"], t["dec"]) for t in sky.truth.to_pylist() if t["kind"] == "galaxy"]

@@ -44,6 +44,7 @@ from galaxiesml.standins.cutout_service import (
     prerender,
 )
 from galaxiesml.standins.faults import FAULT_KINDS, Faults
+from tests.conftest import galaxy_targets
 
 PASSWORD = "pw-Zq93!secret"
 CREDS = Credentials("alice", PASSWORD)
@@ -57,8 +58,7 @@ def sky_rows():
 
 @pytest.fixture(scope="module")
 def targets(sky_rows):
-    truth = sky_rows[0].truth.to_pylist()
-    return [Target(t["object_id"], t["ra"], t["dec"]) for t in truth if t["kind"] == "galaxy"]
+    return galaxy_targets(sky_rows[0])
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,12 @@ import requests
 
 from galaxiesml.cutouts import CENTRE, PADDED, galaxy_image
 from galaxiesml.hsc.credentials import Credentials
-from galaxiesml.hsc.cutout_client import CutoutClient, CutoutRow, Target, check_member, list_file
+from galaxiesml.hsc.cutout_client import CutoutClient, CutoutRow, check_member, list_file
 from galaxiesml.hsc.format import PAPER_HALF_WIDTH, parse_member_name
 from galaxiesml.sky import cutout_pixels, make_sky, write_sky
 from galaxiesml.standins.cutout_service import CutoutServer, CutoutService, Reading
 from pipeline.cli import main, run, verdict
+from tests.conftest import galaxy_targets
 
 PASSWORD = "pw-readings-4!"
 CREDS = Credentials("dora", PASSWORD)
@@ -37,8 +38,7 @@ def sky_rows():
 
 @pytest.fixture(scope="module")
 def targets(sky_rows):
-    truth = sky_rows[0].truth.to_pylist()
-    return [Target(t["object_id"], t["ra"], t["dec"]) for t in truth if t["kind"] == "galaxy"][:5]
+    return galaxy_targets(sky_rows[0])[:5]
 
 
 def fetch(sky, targets, reading: Reading) -> list:
