@@ -198,7 +198,10 @@ def mark_completed(opts: GalaxiesMLOptions) -> None:
 def preflight(opts: GalaxiesMLOptions) -> list[str]:
     """Check what can be checked before a job starts; returns the matched catalog files."""
     if not opts.catalog:
-        raise UserError("--catalog is required: a catalog file or glob (CSV, CSV.gz, FITS, Parquet)")
+        raise UserError(
+            "--catalog is required: a catalog file, glob or folder (CSV, CSV.gz, FITS, Parquet); "
+            f"or try `{PROG} demo`, the whole build offline on a synthetic sky"
+        )
     if not opts.output:
         raise UserError("--output is required: the directory the dataset is written to")
     _check_gcs(opts.catalog, opts.output, opts.cutout_cache or "")
@@ -393,11 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}{hint}: `{PROG} --help` lists the commands", file=sys.stderr)
         return 2
     try:
+        text = _help(argv) if command == "run" or "--help-beam" in argv else None
+        if text:
+            print(text)
+            return 0
         if command == "run":
-            text = _help(argv)
-            if text:
-                print(text)
-                return 0
             run(argv)
         elif command == "demo":
             from pipeline.demo import demo
