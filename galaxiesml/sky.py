@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Union
 
 import galsim
 import numpy as np
@@ -35,7 +34,8 @@ from galaxiesml.hsc.format import (
     PIXEL_SCALE,
     RERUN,
     ZERO_POINT,
-    nominal_pixels,
+    Rounding,
+    cutout_pixels,
 )
 from galaxiesml.schema import BANDS
 from galaxiesml.synthetic_catalog import WIDE_DEPTH, Region, make_catalog, skymap_ids, write_catalog
@@ -365,21 +365,6 @@ def _read_psf_cube(path: Path) -> dict[str, galsim.GSObject]:
     }
 
 
-#: How a cutout's half size becomes pixels: "floor" 2 floor(h / 0.168) + 1 (119 at 10"), "round"
-#: round(2 h / 0.168 + 1) (120), or a fixed number of pixels a side. The real service's rule is not
-#: documented, so the stand-in can answer in each way and the client is tested against all.
-Rounding = Union[Literal["floor", "round"], int]
-
-
-def cutout_pixels(half_size: float, rounding: Rounding = "floor") -> int:
-    """Pixels a side of a cutout of half size `half_size` arcsec, rounded as `rounding` says."""
-    if rounding == "floor":
-        return 2 * int(math.floor(half_size / PIXEL_SCALE + 1e-6)) + 1
-    if rounding == "round":
-        return int(math.floor(nominal_pixels(half_size) + 0.5))
-    return int(rounding)
-
-
 class Sky:
     """Sources on a layout, rendered on demand. `truth` needs the columns kind, object_id, ra, dec,
     redshift, sersic_n, half_light_radius (arcsec), axis_ratio, position_angle (degrees from the +x
@@ -515,7 +500,10 @@ class Sky:
         image[~covered] = 0.0
         mask = np.zeros(model.shape, np.int32)
         mask[model > 2.0 * sigma] |= 1 << MASK_PLANES["DETECTED"]
-        for i in self.sources_near(x0, x1, y0, y1):
+        # a bright star's mask reaches BRIGHT_RADIUS, further than its stamp: look that far, so that
+        # a pixel's mask does not depend on the box it is rendered in
+        b = BRIGHT_RADIUS
+        for i in self.sources_near(x0 - b, x1 + b, y0 - b, y1 + b):
             if self._star[i] and self._mag[band][i] < BRIGHT_STAR_MAG:
                 yy, xx = np.ogrid[y0:y1, x0:x1]
                 mask[(xx - self._x[i]) ** 2 + (yy - self._y[i]) ** 2 < BRIGHT_RADIUS**2] |= 1 << MASK_PLANES["BRIGHT_OBJECT"]
@@ -553,11 +541,16 @@ class Sky:
 
     # -- files ---------------------------------------------------------------------------------
     def write_patches(
-        self, out_dir: str | Path, region: Region | None = None, bands: tuple[str, ...] = BANDS
+        self, out_dir: str | Path, region: Region | None = None, bands: tuple[str, ...] = BANDS, border: int = 0,
+        catalogs: bool = False,
     ) -> list[Path]:
         """Write the coadd patches (image, mask, variance) overlapping `region` (all if None) as
         <out_dir>/deepCoadd-results/<FILTER>/<tract>/<px>,<py>/calexp-<FILTER>-<tract>-<px>,<py>.fits,
-        the layout of the HSC data release; a patch is written in the filter that has data there."""
+        the layout of the HSC data release; a patch is written in the filter that has data there.
+        With `border`, each file holds its patch and `border` pixels of its neighbours on every
+        side (trimmed at the tract's edge), as the release's 100 px borders do; with `catalogs`, a
+        small measurement catalog (a FITS table, `meas-...`) sits beside each file, as in the
+        release's patch folders, so a reader must not take every FITS file there for an image."""
         out_dir = Path(out_dir)
         npx, npy = self.layout.n_patches
         ranges = (0, npx - 1, 0, npy - 1)
@@ -574,16 +567,24 @@ class Sky:
         written = []
         for px in range(ranges[0], ranges[1] + 1):
             for py in range(ranges[2], ranges[3] + 1):
+                x0, x1, y0, y1 = self.layout.patch_bounds(px, py)
+                box = (max(x0 - border, 0), min(x1 + border, self.layout.nx), max(y0 - border, 0), min(y1 + border, self.layout.ny))
                 for band in bands:
                     filt = self.layout.filter_at(band, px, py)
                     if filt is None:
                         continue
                     name = f"{px},{py}"
-                    path = out_dir / "deepCoadd-results" / filt / str(self.layout.tract) / name
-                    path = path / f"calexp-{filt}-{self.layout.tract}-{name}.fits"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    self.render(filt, *self.layout.patch_bounds(px, py)).hdulist().writeto(path, overwrite=True)
+                    folder = out_dir / "deepCoadd-results" / filt / str(self.layout.tract) / name
+                    folder.mkdir(parents=True, exist_ok=True)
+                    path = folder / f"calexp-{filt}-{self.layout.tract}-{name}.fits"
+                    self.render(filt, *box).hdulist().writeto(path, overwrite=True)
                     written.append(path)
+                    if catalogs:
+                        inner = (self._x >= x0) & (self._x < x1) & (self._y >= y0) & (self._y < y1)
+                        table = fits.BinTableHDU.from_columns(
+                            [fits.Column("id", "K", array=np.flatnonzero(inner)), fits.Column("x", "D", array=self._x[inner])]
+                        )
+                        fits.HDUList([fits.PrimaryHDU(), table]).writeto(folder / f"meas-{filt}-{self.layout.tract}-{name}.fits", overwrite=True)
         return written
 
 

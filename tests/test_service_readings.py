@@ -14,8 +14,8 @@ import requests
 from galaxiesml.cutouts import CENTRE, PADDED, galaxy_image
 from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.hsc.cutout_client import CutoutClient, CutoutRow, check_member, list_file
-from galaxiesml.hsc.format import PAPER_HALF_WIDTH, parse_member_name
-from galaxiesml.sky import cutout_pixels, make_sky, write_sky
+from galaxiesml.hsc.format import PAPER_HALF_WIDTH, cutout_pixels, parse_member_name
+from galaxiesml.sky import make_sky, write_sky
 from galaxiesml.standins.cutout_service import CutoutServer, CutoutService, Reading
 from pipeline.cli import main, run, verdict
 from tests.conftest import galaxy_targets

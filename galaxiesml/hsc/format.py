@@ -3,8 +3,9 @@ sky all rely on: filter names, zero point, pixel scale, mask planes and tar memb
 Kept in one place so the three cannot drift apart (see docs/hsc-services.md)."""
 from __future__ import annotations
 
+import math
 import re
-from typing import NamedTuple
+from typing import Literal, NamedTuple, Union
 
 from galaxiesml.schema import BANDS
 
@@ -49,6 +50,22 @@ SIZE_SLACK_PX = 10
 def nominal_pixels(half_size: float) -> float:
     """Pixels across a cutout of half size `half_size` arcsec, before the service rounds it."""
     return 2 * half_size / PIXEL_SCALE + 1
+
+
+#: How a cutout's half size becomes pixels: "floor" 2 floor(h / 0.168) + 1 (119 at 10"), "round"
+#: round(2 h / 0.168 + 1) (120), or a fixed number of pixels a side. The real service's rule is not
+#: documented: the stand-in can answer in each way and the client takes all; cutouts cut from coadd
+#: files here use "floor".
+Rounding = Union[Literal["floor", "round"], int]
+
+
+def cutout_pixels(half_size: float, rounding: Rounding = "floor") -> int:
+    """Pixels a side of a cutout of half size `half_size` arcsec, rounded as `rounding` says."""
+    if rounding == "floor":
+        return 2 * int(math.floor(half_size / PIXEL_SCALE + 1e-6)) + 1
+    if rounding == "round":
+        return int(math.floor(nominal_pixels(half_size) + 0.5))
+    return int(rounding)
 
 
 PDR2_CUTOUT_URL = "https://hsc-release.mtk.nao.ac.jp/das_cutout/pdr2/cgi-bin/cutout"

@@ -34,8 +34,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from galaxiesml.hsc.credentials import Credentials
-from galaxiesml.hsc.format import BAND_OF_FILTER, member_name
-from galaxiesml.sky import Rounding, Sky
+from galaxiesml.hsc.format import BAND_OF_FILTER, Rounding, member_name
+from galaxiesml.sky import Sky
 from galaxiesml.standins.loopback import LoopbackServer, StandinHandler
 from galaxiesml.standins.faults import FaultPlan, Faults
 

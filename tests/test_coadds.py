@@ -1,0 +1,107 @@
+"""Stamps cut from a release-shaped coadd mirror read only what they need and give the same pixels
+as the cutout service (here its stand-in) gives for the same request."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from apache_beam.io.filesystems import FileSystems
+
+from galaxiesml.coadds import PatchFile, PatchKey, patch_of
+from galaxiesml.cutouts import decode_band
+from galaxiesml.hsc.format import FILTERS, PAPER_HALF_WIDTH, cutout_pixels
+from galaxiesml.sky import make_sky
+
+BORDER = 100
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    sky, rows = make_sky(40, seed=21, patch_px=400, empty_share=0.0, band_gap_share=0.0, old_filter_share=0.0)
+    root = tmp_path_factory.mktemp("mirror")
+    files = sky.write_patches(root, bands=("g", "i"), border=BORDER, catalogs=True)
+    galaxies = {r["object_id"]: r for r in rows.to_pylist()}
+    truth = [t for t in sky.truth.to_pylist() if t["kind"] == "galaxy" and t["object_id"] in galaxies]
+    return sky, root, files, truth, galaxies
+
+
+def test_the_release_names_and_skymap_ids():
+    assert patch_of(98130405) == (9813, 4, 5)
+    assert PatchKey("HSC-I", 9813, 4, 5).path("gs://bucket/pdr2_wide/") == (
+        "gs://bucket/pdr2_wide/deepCoadd-results/HSC-I/9813/4,5/calexp-HSC-I-9813-4,5.fits"
+    )
+    with pytest.raises(ValueError):
+        patch_of(0)
+
+
+def test_a_mirror_has_the_release_layout_with_borders_and_catalogs_beside(mirror):
+    sky, root, files, *_ = mirror
+    folder = files[0].parent
+    assert sorted(p.name.split("-")[0] for p in folder.iterdir()) == ["calexp", "meas"]
+    with open(files[0], "rb") as f:
+        patch = PatchFile(f, ("image", "mask", "variance"))
+    tract, x, y = (int(v) for v in [files[0].parts[-3], *files[0].parts[-2].split(",")])
+    inner = sky.layout.patch_bounds(x, y)
+    expect = (min(inner[1] + BORDER, sky.layout.nx) - max(inner[0] - BORDER, 0),
+              min(inner[3] + BORDER, sky.layout.ny) - max(inner[2] - BORDER, 0))
+    assert patch.shape == (expect[1], expect[0]) and patch.filter == files[0].parts[-4]
+
+
+@pytest.mark.parametrize("open_file", [lambda p: open(p, "rb"), lambda p: FileSystems.open(str(p))], ids=["local", "beam"])
+def test_stamps_from_the_mirror_are_the_services_pixels_read_row_by_row(mirror, open_file):
+    sky, root, _, truth, galaxies = mirror
+    checked = 0
+    for t in truth[:12]:
+        tract, px, py = patch_of(galaxies[t["object_id"]]["skymap_id"])
+        for band in ("g", "i"):
+            key = PatchKey(FILTERS[band], tract, px, py)
+            with open_file(key.path(str(root))) as f:
+                patch = PatchFile(f, ("image", "mask", "variance"), name=key.path(str(root)))
+                box = patch.box(t["ra"], t["dec"], PAPER_HALF_WIDTH)
+                assert box is not None
+                (pixels,) = patch.stamps([box])
+                data = patch.stamp_fits(box, pixels)
+                # only the rows of the stamp were read, beyond the headers
+                row_bytes = patch.shape[1] * (4 + 4 + 4)
+                headers = 4 * 2880 * 4  # generous: four headers of a few blocks
+                assert patch.bytes_read <= (box[3] - box[2]) * row_bytes + headers
+            service = sky.cutout(FILTERS[band], t["ra"], t["dec"], PAPER_HALF_WIDTH)
+            mine = decode_band(data, t["ra"], t["dec"])
+            theirs = decode_band(service.fits_bytes(True, True, True), t["ra"], t["dec"])
+            np.testing.assert_array_equal(mine["flags"], theirs["flags"])
+            np.testing.assert_allclose(mine["image"], theirs["image"], rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(mine["mask"], theirs["mask"])
+            np.testing.assert_array_equal(mine["variance"], theirs["variance"])
+            checked += 1
+    assert checked == 24
+
+
+def test_many_stamps_of_one_patch_read_each_row_once(mirror):
+    sky, root, _, truth, galaxies = mirror
+    by_patch: dict = {}
+    for t in truth:
+        by_patch.setdefault(patch_of(galaxies[t["object_id"]]["skymap_id"]), []).append(t)
+    (tract, px, py), crowd = max(by_patch.items(), key=lambda kv: len(kv[1]))
+    assert len(crowd) >= 3
+    path = PatchKey("HSC-I", tract, px, py).path(str(root))
+    with open(path, "rb") as f:
+        patch = PatchFile(f, ("image",))
+        boxes = [patch.box(t["ra"], t["dec"], PAPER_HALF_WIDTH) for t in crowd]
+        header_bytes = patch.bytes_read
+        stamps = patch.stamps(boxes)
+        rows = set().union(*(range(b[2], b[3]) for b in boxes))
+        assert patch.bytes_read - header_bytes == len(rows) * patch.shape[1] * 4
+    side = cutout_pixels(PAPER_HALF_WIDTH)
+    for box, stamp in zip(boxes, stamps):
+        assert stamp["image"].shape == (box[3] - box[2], box[1] - box[0]) and max(stamp["image"].shape) <= side
+
+
+def test_a_galaxy_off_the_file_has_no_box(mirror):
+    sky, root, files, truth, galaxies = mirror
+    t = truth[0]
+    tract, px, py = patch_of(galaxies[t["object_id"]]["skymap_id"])
+    # a patch two or more away: even its border cannot hold the galaxy
+    far = [p for p in files if p.parts[-4] == "HSC-I"
+           and max(abs(int(v) - w) for v, w in zip(p.parts[-2].split(","), (px, py))) >= 2]
+    assert far
+    with open(far[-1], "rb") as f:
+        assert PatchFile(f).box(t["ra"], t["dec"], PAPER_HALF_WIDTH) is None
