@@ -6,24 +6,22 @@ Pixels the cutout did not cover (a patch edge, or a cutout smaller than the grid
 the original build, and flagged PADDED in a per-pixel flag plane; non-finite pixels are zeroed and
 flagged NONFINITE. The 64 x 64 images are the central crop.
 
-Also here: the cutout cache format (one small tar of FITS files per galaxy) and a second cutout
-source that cuts the same stamps from local coadd patch files.
+Also here: the cutout cache format (one small tar of FITS files per galaxy). Stamps cut from a
+coadd mirror (galaxiesml.coadds) come as the service's FITS and are decoded here the same way.
 """
 from __future__ import annotations
 
 import io
 import tarfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from astropy.io import fits
-from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 
 from galaxiesml.hsc.cutout_client import GalaxyCutouts, Target
-from galaxiesml.hsc.format import FALLBACK_FILTERS, FILTERS, PAPER_HALF_WIDTH, PIXEL_SCALE
+from galaxiesml.hsc.format import FILTERS
 from galaxiesml.schema import BANDS
 
 SIZE = 127
@@ -217,89 +215,3 @@ def cache_key(half_width: float, planes: Sequence[str]) -> str:
 def cache_name(object_id: int) -> str:
     """Where one galaxy's entry lives inside a cache folder (1,000 sub-folders)."""
     return f"{object_id % 1000:03d}/{object_id}.tar"
-
-
-# --------------------------------------------------------------------------- local patches
-
-@dataclass
-class _Patch:
-    path: Path
-    filter: str
-    wcs: WCS
-    shape: tuple[int, int]
-
-
-@dataclass
-class LocalPatchSource:
-    """Cuts galaxies' stamps from local coadd patch files (a mirror of the HSC release, or files
-    the synthetic sky writes), laid out as <root>/deepCoadd-results/<FILTER>/<tract>/<patch>/*.fits.
-
-    For each band it picks the patch whose interior holds the galaxy farthest from an edge, cuts
-    the same box the cutout service would (astropy Cutout2D, trimmed at the patch edge), and gives
-    the FITS bytes, so both sources go through the same decoding."""
-
-    root: str
-    planes: tuple[str, ...] = ("image",)
-    _patches: dict[str, list[_Patch]] = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        for path in sorted(Path(self.root).glob("deepCoadd-results/*/*/*/*.fits")):
-            with fits.open(path, memmap=True) as hdul:
-                hdu = hdul[1] if len(hdul) > 1 else hdul[0]
-                shape = (int(hdu.header["NAXIS2"]), int(hdu.header["NAXIS1"]))
-                self._patches.setdefault(path.parts[-4], []).append(
-                    _Patch(path, path.parts[-4], WCS(hdu.header), shape)
-                )
-        if not self._patches:
-            raise FileNotFoundError(f"no coadd patch files under {self.root}/deepCoadd-results/")
-
-    def _best_patch(self, filter_name: str, ra: float, dec: float) -> tuple[_Patch, float, float] | None:
-        best, best_margin = None, -np.inf
-        for patch in self._patches.get(filter_name, []):
-            x, y = patch.wcs.world_to_pixel_values(ra, dec)
-            margin = min(x + 0.5, y + 0.5, patch.shape[1] - 0.5 - x, patch.shape[0] - 0.5 - y)
-            if margin > 0 and margin > best_margin:
-                best, best_margin = (patch, float(x), float(y)), margin
-        return best
-
-    def cutout_bytes(self, filter_name: str, ra: float, dec: float, half_width: float) -> bytes | None:
-        """The FITS cutout of one band, or None without coverage."""
-        found = self._best_patch(filter_name, ra, dec)
-        if found is None:
-            return None
-        patch, x, y = found
-        side = 2 * int(half_width / PIXEL_SCALE + 1e-6) + 1
-        hdus = [fits.PrimaryHDU()]
-        hdus[0].header["FILTER"] = filter_name
-        with fits.open(patch.path, memmap=True) as hdul:
-            for hdu in hdul[1:] if len(hdul) > 1 else hdul:
-                kind = str(hdu.header.get("EXTTYPE", "IMAGE")).upper()
-                if kind.lower() not in self.planes:
-                    continue
-                cut = Cutout2D(hdu.data, (np.floor(x + 0.5), np.floor(y + 0.5)), side, wcs=patch.wcs, mode="trim")
-                header = cut.wcs.to_header()
-                header["EXTTYPE"] = kind
-                hdus.append(fits.ImageHDU(np.asarray(cut.data), header=header))
-        buf = io.BytesIO()
-        fits.HDUList(hdus).writeto(buf)
-        return buf.getvalue()
-
-    def fetch_galaxies(
-        self, targets: Iterable[Target], bands: Sequence[str] = BANDS, half_width: float = PAPER_HALF_WIDTH
-    ) -> list[GalaxyCutouts]:
-        """Every band of every target, like CutoutClient.fetch_galaxies (with the R2/I2 fallback)."""
-        out = []
-        for t in targets:
-            g = GalaxyCutouts(t.object_id, t.ra, t.dec)
-            for band in bands:
-                for filt in (FILTERS[band], FALLBACK_FILTERS.get(FILTERS[band])):
-                    data = self.cutout_bytes(filt, t.ra, t.dec, half_width) if filt else None
-                    if data is not None:
-                        g.cutouts[band], g.filters[band] = data, filt
-                        break
-                else:
-                    g.missing.append(band)
-            out.append(g)
-        return out
-
-

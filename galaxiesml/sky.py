@@ -180,9 +180,10 @@ class SkyLayout:
         return max(x0, 0), min(x1, self.nx), max(y0, 0), min(y1, self.ny)
 
     def skymap_id(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """HSC-style skymap ids (tract * 10000 + patch_x * 100 + patch_y) of pixel positions."""
-        px = np.floor(np.asarray(x) / self.patch_px).astype(np.int64)
-        py = np.floor(np.asarray(y) / self.patch_px).astype(np.int64)
+        """HSC-style skymap ids (tract * 10000 + patch_x * 100 + patch_y) of pixel positions: the
+        patch of the pixel nearest each, as the cutout stand-in decides coverage."""
+        px = np.floor(np.round(np.asarray(x)) / self.patch_px).astype(np.int64)
+        py = np.floor(np.round(np.asarray(y)) / self.patch_px).astype(np.int64)
         return np.int64(self.tract) * 10000 + np.clip(px, 0, 99) * 100 + np.clip(py, 0, 99)
 
 

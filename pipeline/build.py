@@ -94,11 +94,16 @@ def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
         counts.append(kept | "Count kept" >> beam.Map(count_by, "split", "kept"))
     else:
         # imported here: a catalog-only build does not load (or hold in memory) the image libraries
+        from transforms.cut_from_coadds import CutFromCoadds
         from transforms.fetch_cutouts import FAILED, FetchCutouts
         from transforms.measure_morphology import MeasureMorphology
         from transforms.write_galaxies import WriteGalaxies
 
-        fetched = kept | "FetchCutouts" >> FetchCutouts(cutout_config(opts))
+        config = cutout_config(opts)
+        if config.source == "coadd":
+            fetched = kept | "CutFromCoadds" >> CutFromCoadds(config)
+        else:
+            fetched = kept | "FetchCutouts" >> FetchCutouts(config)
         measured = fetched.galaxies | "MeasureMorphology" >> MeasureMorphology(opts.psf, not opts.no_sersic, opts.padded_pixels)
         outputs["galaxies"] = measured.galaxies
         outputs["failed"] = (fetched[FAILED], measured[FAILED]) | "AllFailed" >> beam.Flatten()

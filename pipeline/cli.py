@@ -9,6 +9,7 @@ import contextlib
 import difflib
 import json
 import logging
+import os
 import re
 import sys
 import sysconfig
@@ -49,7 +50,7 @@ BUILD_FILE = "build.json"
 IDENTITY = ("catalog", "synthetic_sky", "preset", "split_seed", "split_fractions", "extra_cuts", "mini_size", "mini_seed",
             "cutout_source", "cutouts", "psf", "sersic_fit", "padded_pixels")
 #: The fields of the cutout settings that shape the images.
-CUTOUT_IDENTITY = ("source", "url", "patch_root", "half_width", "planes")
+CUTOUT_IDENTITY = ("source", "url", "coadd_root", "half_width", "planes")
 #: Every output folder and file a build writes, with what it holds (the cutout cache is apart: it
 #: outlives builds).
 OUTPUTS = {
@@ -91,8 +92,10 @@ class BuildFailed(Exception):
     """The job ran and wrote its outputs, but lost too much to call the build a success."""
 
 
-#: Failure reasons that are no loss of the build's: the archive has no image of the galaxy there.
-NOT_LOSSES = frozenset({"no_coverage"})
+#: Failure reasons that are no loss of the build's: the archive has no image of the galaxy there
+#: (from a coadd mirror: no file for its patch in that filter, as the release has none where it did
+#: not observe; an incomplete mirror shows the same way, in the funnel and on the data card).
+NOT_LOSSES = frozenset({"no_coverage", "no_patch_file"})
 
 
 def verdict(funnel: dict, max_failed_fraction: float) -> str | None:
@@ -130,7 +133,7 @@ def _check_service(url: str, credentials: Credentials) -> None:
     except requests.RequestException as exc:
         raise UserError(
             f"cannot reach the HSC cutout service at {url} ({type(exc).__name__}): check the network, "
-            "or --hsc_url, or use --cutout_source local or none"
+            "or --hsc_url, or use --cutout_source coadd or none"
         )
     with reply:
         if reply.status_code == 401:
@@ -227,10 +230,12 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
         try:
             credentials = Credentials.from_env()
         except HscAuthError as exc:
-            raise UserError(f"{exc} (or choose --cutout_source local or none)")
+            raise UserError(f"{exc} (or choose --cutout_source coadd or none)")
         _check_service(opts.hsc_url, credentials)
-    if opts.cutout_source == "local" and not FileSystems.exists(opts.patch_root or "/nonexistent"):
-        raise UserError(f"--patch_root {opts.patch_root!r} does not exist: give the folder holding deepCoadd-results/")
+    if opts.cutout_source == "coadd" and "://" not in opts.coadd_root and not os.path.isdir(
+        os.path.join(opts.coadd_root, "deepCoadd-results")
+    ):
+        raise UserError(f"--coadd_root {opts.coadd_root!r} holds no deepCoadd-results/ folder: give the mirror's rerun folder")
     _check_output(opts)
     return sorted(matches)
 

@@ -118,6 +118,13 @@ def cutout_config(opts: "GalaxiesMLOptions"):
     """The cutout stage's settings from the options (a transforms.fetch_cutouts.CutoutConfig)."""
     from transforms.fetch_cutouts import CutoutConfig  # the image libraries load only when used
 
+    if opts.cutout_source == "local" or opts.patch_root:
+        raise ValueError(
+            "--cutout_source local and --patch_root are gone: use --cutout_source coadd --coadd_root DIR (the same "
+            "folder, holding deepCoadd-results/), which reads only each galaxy's own patch file"
+        )
+    if opts.cutout_source == "coadd" and not opts.coadd_root:
+        raise ValueError("--cutout_source coadd needs --coadd_root: the mirror's folder holding deepCoadd-results/")
     planes = tuple(p.strip() for p in opts.cutout_planes.split(",") if p.strip())
     if not planes or planes[0] != "image" or set(planes) - {"image", "mask", "variance"}:
         raise ValueError(f"--cutout_planes takes image, optionally with mask and variance, got {opts.cutout_planes!r}")
@@ -125,7 +132,7 @@ def cutout_config(opts: "GalaxiesMLOptions"):
     return CutoutConfig(
         source=opts.cutout_source,
         url=opts.hsc_url,
-        patch_root=opts.patch_root,
+        coadd_root=opts.coadd_root,
         half_width=opts.cutout_half_width,
         planes=planes,
         cache="" if cache == "none" else cache,
@@ -233,14 +240,20 @@ class GalaxiesMLOptions(PipelineOptions):
         images = parser.add_argument_group("images and morphology")
         images.add_argument(
             "--cutout_source",
-            choices=["service", "local", "none"],
+            choices=["service", "coadd", "none", "local"],
             default="service",
             help="where the 5-band cutouts come from: the HSC cutout service (credentials from "
-            "HSC_SSP_CAS_USER / HSC_SSP_CAS_PASSWORD), local coadd patch files (--patch_root), or "
-            "none (catalog stages only)",
+            "HSC_SSP_CAS_USER / HSC_SSP_CAS_PASSWORD), a mirror of the coadd release (--coadd_root: "
+            "scales with workers), or none (catalog stages only)",
         )
         images.add_argument("--hsc_url", default=PDR2_CUTOUT_URL, help="the das_cutout endpoint (or a stand-in's)")
-        images.add_argument("--patch_root", default="", help="root of local patch files (deepCoadd-results/...)")
+        images.add_argument(
+            "--coadd_root",
+            default="",
+            help="a mirror of the coadd release's rerun, on any Beam filesystem (the folder holding "
+            "deepCoadd-results/<FILTER>/<tract>/<x>,<y>/calexp-*.fits); it is never listed",
+        )
+        images.add_argument("--patch_root", default="", help=argparse.SUPPRESS)  # gone: a one-line error says so
         images.add_argument(
             "--cutout_half_width",
             type=float,

@@ -222,3 +222,12 @@ def test_a_multi_process_run_shows_progress_and_no_worker_logs(tmp_path):
     assert progress and all(re.match(r"\[\s*\d+ s\] \w", line) for line in progress), lines
     assert any(re.search(r"read [\d,]+", line) for line in progress)
     assert lines == progress, [line for line in lines if line not in progress]  # nothing but progress
+
+
+def test_the_old_local_source_flags_say_what_replaced_them(capsys, catalog, tmp_path):
+    for flags in (["--cutout_source", "local"], ["--patch_root", str(tmp_path)]):
+        err = error_of(capsys, "--catalog", str(catalog), "--output", str(tmp_path / "o"), *flags)
+        assert "are gone: use --cutout_source coadd --coadd_root DIR" in err
+    err = error_of(capsys, "--catalog", str(catalog), "--output", str(tmp_path / "o"), "--cutout_source", "coadd",
+                   "--coadd_root", str(tmp_path))
+    assert "holds no deepCoadd-results/ folder" in err

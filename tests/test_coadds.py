@@ -105,3 +105,83 @@ def test_a_galaxy_off_the_file_has_no_box(mirror):
     assert far
     with open(far[-1], "rb") as f:
         assert PatchFile(f).box(t["ra"], t["dec"], PAPER_HALF_WIDTH) is None
+
+
+# -- the whole build from a mirror ---------------------------------------------------------------
+def build(tmp_path, catalog, *source) -> dict:
+    from pipeline.cli import run
+
+    return run(["--catalog", str(catalog), "--output", str(tmp_path), "--runner=FnApiRunner", "--progress_every=0",
+                "--no_sersic", "--cutout_planes", "image,mask,variance", *source])
+
+
+@pytest.fixture(scope="module")
+def both_builds(tmp_path_factory):
+    """One sky (some patches in HSC-R2 / HSC-I2), built from its release-shaped mirror and through
+    the cutout stand-in serving the same sky."""
+    from galaxiesml.hsc.credentials import Credentials
+    from galaxiesml.sky import write_sky
+    from galaxiesml.standins.cutout_service import CutoutServer, CutoutService
+
+    sky, rows = make_sky(80, seed=23, patch_px=400, empty_share=0.0, band_gap_share=0.0, old_filter_share=0.15)
+    root = tmp_path_factory.mktemp("coadd_build")
+    catalog = write_sky(sky, rows, root / "input")["catalog"]
+    sky.write_patches(root / "mirror", border=BORDER, catalogs=True)
+    mirror = build(root / "from_mirror", catalog, "--cutout_source", "coadd", "--coadd_root", str(root / "mirror"))
+    creds = Credentials("erin", "pw-mirror-9")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HSC_SSP_CAS_USER", creds.user)
+    mp.setenv("HSC_SSP_CAS_PASSWORD", creds.password)
+    try:
+        with CutoutServer(CutoutService(sky, creds)) as server:
+            service = build(root / "from_service", catalog, "--hsc_url", server.url)
+    finally:
+        mp.undo()
+    return root, mirror, service
+
+
+def _galaxies(out):
+    import pyarrow.parquet as pq
+
+    from galaxiesml.dataset import cube_numpy
+
+    table = pq.read_table(sorted(out.glob("galaxies/*/part-*.parquet")), columns=["object_id", "split", "filters", "image", "variance"])
+    table = table.sort_by("object_id")
+    return table, cube_numpy(table.column("image")), cube_numpy(table.column("variance"))
+
+
+def test_a_build_from_the_mirror_is_the_build_from_the_service(both_builds):
+    root, mirror, service = both_builds
+    assert mirror["funnel"]["failed"] == service["funnel"]["failed"] == 0
+    assert mirror["funnel"]["kept_by_split"] == service["funnel"]["kept_by_split"] and mirror["funnel"]["kept"] > 40
+    a, images_a, var_a = _galaxies(root / "from_mirror")
+    b, images_b, var_b = _galaxies(root / "from_service")
+    for column in ("object_id", "split", "filters"):
+        assert a.column(column).to_pylist() == b.column(column).to_pylist()
+    assert any("HSC-R2" in f or "HSC-I2" in f for f in a.column("filters").to_pylist())  # the fallback filters
+    # the same sky pixels (a patch and a cutout are separate GalSim renderings: equal to ~1e-4,
+    # where the noise is ~1e-1 and a pixel shifted would differ by that)
+    both = np.isfinite(var_a) & np.isfinite(var_b) & (images_a != 0) & (images_b != 0)
+    assert both.mean() > 0.75  # ~119 x 119 of the 127 x 127 grid, less what tract edges trim
+    np.testing.assert_allclose(np.where(both, images_a, 0), np.where(both, images_b, 0), rtol=0, atol=1e-4)
+    # where one has data and the other not: the stand-in trims a cutout at a side whose neighbouring
+    # patch was observed in the other filter (HSC-R2 / HSC-I2); the mirror's file keeps its border
+    assert np.mean((images_a != 0) != (images_b != 0)) < 0.001
+
+
+def test_a_patch_file_missing_from_the_mirror_fails_its_galaxies_with_the_reason(both_builds, tmp_path):
+    import pyarrow.parquet as pq
+
+    root, mirror, _ = both_builds
+    gone = sorted((root / "mirror").glob("deepCoadd-results/HSC-G/*/*/calexp-*.fits"))[0]
+    partial = tmp_path / "mirror"
+    import shutil
+
+    shutil.copytree(root / "mirror", partial)
+    (partial / gone.relative_to(root / "mirror")).unlink()
+    summary = build(tmp_path / "out", root / "input" / "catalog.csv", "--cutout_source", "coadd", "--coadd_root", str(partial))
+    f = summary["funnel"]
+    lost = f["failed_by_stage"]["cutout"]["no_patch_file"]
+    assert lost > 0 and f["kept"] == mirror["funnel"]["kept"] - lost
+    failed = pq.read_table(sorted((tmp_path / "out").glob("catalog/failed-*.parquet"))).to_pylist()
+    assert all(r["reason"] == "no_patch_file" and gone.name in r["detail"] for r in failed)

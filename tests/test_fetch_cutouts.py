@@ -29,7 +29,6 @@ from galaxiesml.hsc.credentials import Credentials
 from galaxiesml.hsc.cutout_client import CutoutRow, GalaxyCutouts, Target, list_file
 from galaxiesml.schema import BANDS
 from galaxiesml.sky import make_sky
-from galaxiesml.synthetic_catalog import Region
 from galaxiesml.standins.cutout_service import CutoutCache, CutoutServer, CutoutService, parse_list_file, prerender
 from galaxiesml.standins.faults import Faults
 from transforms.fetch_cutouts import FAILED, CutoutConfig, FetchCutouts, request_batches
@@ -241,37 +240,6 @@ def test_stage_retrieves_every_covered_galaxy_through_faults_then_uses_the_cache
         assert set(again) == covered
         assert all(np.array_equal(again[k][0], galaxies[k][0]) for k in covered)
         assert sorted(f["object_id"] for f in failed_again) == sorted(f["object_id"] for f in failed)
-
-
-def test_local_patch_source_gives_the_service_pixels(sky, kept, render_cache, tmp_path, monkeypatch, fnapi_options):
-    monkeypatch.setenv("HSC_SSP_CAS_USER", CREDS.user)
-    monkeypatch.setenv("HSC_SSP_CAS_PASSWORD", PASSWORD)
-    layout = sky[0].layout
-    # galaxies well inside one patch (synthetic patches do not overlap, real ones do by 100 px)
-    x, y = layout.to_pixel(kept.column("ra").to_numpy(), kept.column("dec").to_numpy())
-    p = layout.patch_px
-    inside = ((x % p) > 20) & ((x % p) < p - 20) & ((y % p) > 20) & ((y % p) < p - 20)
-    patch_of = (x // p).astype(int) * 1000 + (y // p).astype(int)
-    first = int(np.flatnonzero(inside)[0])
-    chosen = inside & (patch_of == patch_of[first])
-    some = kept.filter(pa.array(chosen)).slice(0, 8)
-    ra, dec = some.column("ra").to_numpy(), some.column("dec").to_numpy()
-    region = Region(ra.min() - 1e-4, ra.max() + 1e-4, dec.min() - 1e-4, dec.max() + 1e-4)
-    written = sky[0].write_patches(tmp_path / "patches", region)
-    assert written  # one patch (in each band that has data there)
-
-    local, local_failed = run_stage(
-        some, CutoutConfig(source="local", patch_root=str(tmp_path / "patches"), half_width=HALF), fnapi_options
-    )
-    with CutoutServer(CutoutService(sky[0], CREDS, cache=render_cache)) as srv:
-        served, _ = run_stage(some, CutoutConfig(url=srv.url, half_width=HALF), fnapi_options)
-    assert set(local) == set(served) and len(local) >= 1
-    for oid in served:
-        (a, fa), (b, fb) = local[oid], served[oid]
-        assert np.array_equal(fa, fb)
-        # the stand-in renders a patch and a cutout as separate GalSim draws: equal to float32 rounding
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(b).max())
-        assert np.array_equal(a == 0, b == 0)
 
 
 @pytest.mark.parametrize(

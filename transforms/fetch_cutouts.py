@@ -29,7 +29,6 @@ from apache_beam.transforms.window import GlobalWindows
 
 from galaxiesml.cutouts import (
     CutoutError,
-    LocalPatchSource,
     cache_key,
     cache_name,
     cacheable,
@@ -62,9 +61,9 @@ def _stream_cap(n: int) -> threading.BoundedSemaphore:
 class CutoutConfig:
     """Where cutouts come from and how they are kept."""
 
-    source: str = "service"  # "service" (das_cutout or a stand-in at url) or "local" (patch files)
+    source: str = "service"  # "service" (das_cutout or a stand-in at url) or "coadd" (a coadd mirror)
     url: str = PDR2_CUTOUT_URL
-    patch_root: str = ""
+    coadd_root: str = ""  # the mirror of a rerun (holding deepCoadd-results/), any Beam filesystem
     half_width: float = PAPER_HALF_WIDTH
     planes: tuple[str, ...] = ("image",)
     cache: str = ""  # "" for no cache
@@ -107,7 +106,6 @@ class _FetchBatch(beam.DoFn):
         self._local = threading.local()
         self._clients: list[CutoutClient] = []
         self._clients_lock = threading.Lock()
-        self._patches = LocalPatchSource(self.config.patch_root, self.config.planes) if self.config.source == "local" else None
         self._credentials = Credentials.from_env() if self.config.source == "service" else None
         self._pool = concurrent.futures.ThreadPoolExecutor(self.config.max_streams, thread_name_prefix="cutouts")
         self._cap = _stream_cap(self.config.max_streams)
@@ -142,8 +140,6 @@ class _FetchBatch(beam.DoFn):
         return client
 
     def _fetch(self, targets: list[Target]) -> tuple[list[GalaxyCutouts], int]:
-        if self._patches is not None:
-            return self._patches.fetch_galaxies(targets, half_width=self.config.half_width), 0
         client = self._client()
         before = client.stats["retries"]
         with self._cap:

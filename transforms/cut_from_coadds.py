@@ -1,0 +1,139 @@
+"""Stage 6 from a coadd mirror (paper section 3.3): each kept galaxy's 5 bands cut from the release's
+patch files instead of fetched from the cutout service, so that it scales with workers.
+
+Each galaxy-band is keyed by the file its catalog patch names (filter, tract, patch from PDR2's
+skymap_id; galaxiesml.coadds) and a bucket of its object_id, so that a crowded patch (the COSMOS
+field holds thousands of spec-z galaxies in a few) is cut by several workers. A GroupByKey brings
+a group to one worker, which reads the file's headers and then only the rows its stamps span,
+through Beam's filesystems (local, gs://, s3://): the mirror is never listed, and memory is one
+group's rows of one patch. The bands then meet again per galaxy, with its catalog row (a
+CoGroupByKey on object_id), and are decoded and stacked as service cutouts are: the outputs are
+FetchCutouts' ({"galaxies": records, "failed": records}).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from galaxiesml.coadds import PatchFile, PatchKey, patch_of
+from galaxiesml.cutouts import CutoutError, galaxy_image
+from galaxiesml.hsc.cutout_client import GalaxyCutouts
+from galaxiesml.hsc.format import FALLBACK_FILTERS, FILTERS
+from galaxiesml.schema import BANDS
+from transforms.fetch_cutouts import FAILED, CutoutConfig, failed_record
+from transforms.metrics import increment
+
+#: Groups a patch's galaxies are cut in (by object_id): the most workers one patch can keep busy.
+PATCH_BUCKETS = 8
+
+
+def band_requests(table: pa.Table, buckets: int = PATCH_BUCKETS) -> Iterator[tuple[str, tuple]]:
+    """(patch group key, (object_id, band, ra, dec)) for every band of every row; a row whose
+    skymap_id names no patch asks for nothing (the galaxy then fails with that reason)."""
+    for oid, ra, dec, skymap_id in zip(*(table.column(c).to_pylist() for c in ("object_id", "ra", "dec", "skymap_id"))):
+        try:
+            tract, x, y = patch_of(skymap_id)
+        except (TypeError, ValueError):
+            continue
+        for band in BANDS:
+            yield f"{FILTERS[band]}|{tract}|{x}|{y}|{oid % buckets}", (oid, band, ra, dec)
+
+
+class _CutPatch(beam.DoFn):
+    """One group of one patch file: open it once, cut every member's stamp."""
+
+    def __init__(self, config: CutoutConfig):
+        self.config = config
+
+    def _open(self, key: PatchKey) -> tuple[str, str | None]:
+        """(the path of the file to read, its filter), falling back to HSC-R2 / HSC-I2 as the service
+        client does; (the path asked for, None) when neither is in the mirror."""
+        path = key.path(self.config.coadd_root)
+        for filt in (key.filter, FALLBACK_FILTERS.get(key.filter)):
+            if filt:
+                candidate = PatchKey(filt, key.tract, key.x, key.y).path(self.config.coadd_root)
+                if FileSystems.exists(candidate):
+                    return candidate, filt
+        return path, None
+
+    def process(self, group: tuple[str, list]):
+        filt, tract, x, y, _ = group[0].split("|")
+        members = list(group[1])
+        path, used = self._open(PatchKey(filt, int(tract), int(x), int(y)))
+        if used is None:
+            for oid, band, _, _ in members:
+                yield oid, (band, None, None, "no_patch_file", f"{band} band: {path} is not in the mirror")
+            return
+        try:
+            with FileSystems.open(path) as f:
+                patch = PatchFile(f, self.config.planes, name=path)
+                boxes = [patch.box(ra, dec, self.config.half_width) for _, _, ra, dec in members]
+                stamps = iter(patch.stamps([b for b in boxes if b is not None]))
+                for (oid, band, ra, dec), box in zip(members, boxes):
+                    if box is None:
+                        yield oid, (band, None, None, "off_patch", f"{band} band: ({ra}, {dec}) is not on {path}")
+                    else:
+                        yield oid, (band, used, patch.stamp_fits(box, next(stamps)), None, None)
+        except Exception as exc:  # a damaged file fails its galaxies, with the reason, not the run
+            for oid, band, _, _ in members:
+                yield oid, (band, None, None, "unreadable_patch_file", f"{band} band: {path}: {type(exc).__name__}: {exc}")
+
+
+def _assemble(joined: tuple[int, dict]):
+    """A galaxy's catalog row and its bands' stamps -> its record, or a failed record."""
+    oid, parts = joined
+    (row,) = parts["row"]
+    bands = {band: result for band, *result in parts["bands"]}
+    g = GalaxyCutouts(oid, row["ra"], row["dec"])
+    problem = None
+    for band in BANDS:
+        if band not in bands:
+            problem = problem or ("no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
+            continue
+        filt, data, reason, detail = bands[band]
+        if data is None:
+            problem = problem or (reason, detail)
+        else:
+            g.cutouts[band], g.filters[band] = data, filt
+    try:
+        if problem:
+            raise CutoutError(*problem)
+        img = galaxy_image(g)
+    except CutoutError as exc:
+        increment({"cutouts.fetched": 1, f"failed.cutout.{exc.reason}": 1})
+        yield beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", exc.reason, exc.detail))
+        return
+    increment({"cutouts.fetched": 1})
+    record = {"row": row, "image": img.image, "flags": img.flags, "filters": img.filters}
+    if img.hsc_mask is not None:
+        record["hsc_mask"] = img.hsc_mask
+    if img.variance is not None:
+        record["variance"] = img.variance
+    yield record
+
+
+class CutFromCoadds(beam.PTransform):
+    """Kept rows (tables) -> {"galaxies": one record per galaxy with its image, "failed"}, cut from
+    the coadd mirror at config.coadd_root."""
+
+    def __init__(self, config: CutoutConfig, buckets: int = PATCH_BUCKETS):
+        super().__init__()
+        self.config = config
+        self.buckets = buckets
+
+    def expand(self, kept):
+        rows = kept | "Rows by object_id" >> beam.FlatMap(lambda t: ((r["object_id"], r) for r in t.to_pylist()))
+        cut = (
+            kept
+            | "Bands by patch" >> beam.FlatMap(band_requests, self.buckets)
+            | "Group by patch" >> beam.GroupByKey()
+            | "Cut stamps" >> beam.ParDo(_CutPatch(self.config))
+        )
+        return (
+            {"row": rows, "bands": cut}
+            | "Bands by galaxy" >> beam.CoGroupByKey()
+            | "Decode and stack" >> beam.FlatMap(_assemble).with_outputs(FAILED, main="galaxies")
+        )
