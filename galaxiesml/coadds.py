@@ -23,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from galaxiesml.hsc.format import FLUXMAG0, cutout_pixels
+from galaxiesml.hsc.format import FLUXMAG0, Rounding, cutout_pixels
 
 #: The planes of a calexp file, by HDU number.
 PLANE_HDUS = {"image": 1, "mask": 2, "variance": 3}
@@ -113,14 +113,16 @@ class PatchFile:
         x, y = self.wcs.world_to_pixel_values(ra, dec)
         return float(x), float(y)
 
-    def box(self, ra: float, dec: float, half_width: float) -> tuple[int, int, int, int] | None:
+    def box(
+        self, ra: float, dec: float, half_width: float, rounding: Rounding = "floor"
+    ) -> tuple[int, int, int, int] | None:
         """The box (x0, x1, y0, y1) the service would cut around (ra, dec), trimmed at the file's
         edges; None when the position is not on this file."""
         x, y = self.pixel(ra, dec)
         ny, nx = self.shape
         if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
             return None
-        side = cutout_pixels(half_width)
+        side = cutout_pixels(half_width, rounding)
         xc, yc = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
         x0, y0 = xc - (side - 1) // 2, yc - (side - 1) // 2
         return max(x0, 0), min(x0 + side, nx), max(y0, 0), min(y0 + side, ny)
@@ -147,15 +149,17 @@ class PatchFile:
                     out[k][plane] = rows[by0 - y0 : by1 - y0, bx0:bx1]
         return out
 
-    def stamp_fits(self, box: tuple[int, int, int, int], pixels: dict[str, np.ndarray]) -> bytes:
+    def stamp_fits(
+        self, box: tuple[int, int, int, int], pixels: dict[str, np.ndarray], planes: Sequence[str] | None = None
+    ) -> bytes:
         """A stamp as the cutout service's FITS file: a primary header naming the filter, then one
-        HDU per plane with the WCS of the box."""
+        HDU per plane (all this file reads, or `planes` of them) with the WCS of the box."""
         x0, x1, y0, y1 = box
         primary = fits.PrimaryHDU()
         primary.header["FILTER"] = self.filter
         primary.header["FLUXMAG0"] = self._planes[0].header.get("FLUXMAG0", FLUXMAG0)
         hdus = [primary]
-        for plane in self.planes:
+        for plane in planes or self.planes:
             header = WCS(self._planes[PLANE_HDUS[plane]].header)[y0:y1, x0:x1].to_header()
             header["EXTTYPE"] = plane.upper()
             hdus.append(fits.ImageHDU(np.ascontiguousarray(pixels[plane]), header=header))
