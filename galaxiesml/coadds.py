@@ -76,6 +76,7 @@ class PatchFile:
         self.wcs = WCS(image.header)
         self.shape = image.shape
         self.filter = str(self._planes[0].header.get("FILTER", "")).strip()
+        self._wcs_headers: dict[str, fits.Header] = {}
 
     def _read(self, n: int) -> bytes:
         data = self.f.read(n)
@@ -108,6 +109,12 @@ class PatchFile:
                 planes[hdu] = _Plane(header, offset, (0, 0), np.dtype("u1"))
             offset += -(-size // _BLOCK) * _BLOCK
         return planes
+
+    def _wcs_header(self, plane: str) -> fits.Header:
+        """The WCS cards of a plane's header (parsed once per file, not once per stamp)."""
+        if plane not in self._wcs_headers:
+            self._wcs_headers[plane] = WCS(self._planes[PLANE_HDUS[plane]].header).to_header()
+        return self._wcs_headers[plane]
 
     def pixel(self, ra: float, dec: float) -> tuple[float, float]:
         x, y = self.wcs.world_to_pixel_values(ra, dec)
@@ -160,7 +167,9 @@ class PatchFile:
         primary.header["FLUXMAG0"] = self._planes[0].header.get("FLUXMAG0", FLUXMAG0)
         hdus = [primary]
         for plane in planes or self.planes:
-            header = WCS(self._planes[PLANE_HDUS[plane]].header)[y0:y1, x0:x1].to_header()
+            header = self._wcs_header(plane).copy()  # the plane's WCS, moved to the box's corner
+            header["CRPIX1"] -= x0
+            header["CRPIX2"] -= y0
             header["EXTTYPE"] = plane.upper()
             hdus.append(fits.ImageHDU(np.ascontiguousarray(pixels[plane]), header=header))
         buf = io.BytesIO()
