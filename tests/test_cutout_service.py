@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -307,10 +308,11 @@ def test_command_line_starts_both_standins(tmp_path):
             return [line for line in text.splitlines() if not line.startswith("#")]
 
         served = data_lines(path.read_text())
-        assert len(served) > 60 and served == data_lines(open(urls["catalog file"]).read())
+        assert len(served) > 60 and served == data_lines(Path(urls["catalog file"]).read_text())
     finally:
         proc.terminate()
         proc.wait(10)
+        proc.stdout.close()
 
 
 @pytest.mark.parametrize("kind", FAULT_KINDS)
