@@ -212,3 +212,28 @@ def test_a_pool_started_without_the_account_fails_the_job_clearly(built, tmp_pat
                  f"--environment_config=localhost:{port}"],
             )
     assert PASSWORD not in str(failure.value)
+
+
+def test_a_build_from_a_coadd_mirror_is_the_same_on_the_portable_runner(tmp_path):
+    """The coadd source's GroupByKey per patch and CoGroupByKey per galaxy, on SDK workers in other
+    processes, reading the mirror from their own filesystem calls."""
+    from galaxiesml.sky import make_sky, write_sky
+
+    sky, rows = make_sky(40, seed=21, patch_px=400, empty_share=0.0, band_gap_share=0.0, old_filter_share=0.1)
+    catalog = write_sky(sky, rows, tmp_path / "input")["catalog"]
+    sky.write_patches(tmp_path / "mirror", border=100, catalogs=True)
+    common = ["--catalog", str(catalog), "--cutout_source", "coadd", "--coadd_root", str(tmp_path / "mirror"),
+              "--no_sersic", "--progress_every=0", "--galaxies_per_shard", "8"]
+    fn = run([*common, "--output", str(tmp_path / "fnapi"), "--runner=FnApiRunner"])
+    log_path = tmp_path / "worker_pool.log"
+    with worker_pool(pool_environment(), log_path) as port:
+        portable = run([*common, "--output", str(tmp_path / "portable"), "--runner=PortableRunner", "--job_endpoint=embed",
+                        "--environment_type=EXTERNAL", f"--environment_config=localhost:{port}"])
+    assert "Starting worker with command" in log_path.read_text(errors="replace")
+    assert portable["funnel"] == fn["funnel"] and fn["funnel"]["kept"] > 20 and fn["funnel"]["failed"] == 0
+    for split in SPLITS:
+        if not fn["funnel"]["kept_by_split"].get(split):
+            continue
+        a, b = galaxies(tmp_path / "fnapi", split), galaxies(tmp_path / "portable", split)
+        assert a.column("object_id").to_pylist() == b.column("object_id").to_pylist()
+        assert np.array_equal(cube_numpy(a.column("image")), cube_numpy(b.column("image")))
