@@ -23,7 +23,7 @@ from galaxiesml.cutouts import CutoutError, galaxy_image
 from galaxiesml.hsc.cutout_client import GalaxyCutouts
 from galaxiesml.hsc.format import FALLBACK_FILTERS, FILTERS
 from galaxiesml.schema import BANDS
-from transforms.fetch_cutouts import FAILED, CutoutConfig, failed_record
+from transforms.fetch_cutouts import FAILED, CutoutConfig, failed_record, galaxy_record
 from transforms.metrics import increment
 
 #: Groups a patch's galaxies are cut in (by object_id): the most workers one patch can keep busy.
@@ -51,13 +51,11 @@ class _CutPatch(beam.DoFn):
     def _open(self, key: PatchKey) -> tuple[str, str | None]:
         """(the path of the file to read, its filter), falling back to HSC-R2 / HSC-I2 as the service
         client does; (the path asked for, None) when neither is in the mirror."""
-        path = key.path(self.config.coadd_root)
-        for filt in (key.filter, FALLBACK_FILTERS.get(key.filter)):
-            if filt:
-                candidate = PatchKey(filt, key.tract, key.x, key.y).path(self.config.coadd_root)
-                if FileSystems.exists(candidate):
-                    return candidate, filt
-        return path, None
+        for filt in filter(None, (key.filter, FALLBACK_FILTERS.get(key.filter))):
+            path = PatchKey(filt, key.tract, key.x, key.y).path(self.config.coadd_root)
+            if FileSystems.exists(path):
+                return path, filt
+        return key.path(self.config.coadd_root), None
 
     def process(self, group: tuple[str, list]):
         filt, tract, x, y, _ = group[0].split("|")
@@ -107,12 +105,7 @@ def _assemble(joined: tuple[int, dict]):
         yield beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", exc.reason, exc.detail))
         return
     increment({"cutouts.fetched": 1})
-    record = {"row": row, "image": img.image, "flags": img.flags, "filters": img.filters}
-    if img.hsc_mask is not None:
-        record["hsc_mask"] = img.hsc_mask
-    if img.variance is not None:
-        record["variance"] = img.variance
-    yield record
+    yield galaxy_record(row, img)
 
 
 class CutFromCoadds(beam.PTransform):

@@ -29,6 +29,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from galaxiesml.cutouts import (
     CutoutError,
+    GalaxyImage,
     cache_key,
     cache_name,
     cacheable,
@@ -84,6 +85,17 @@ def failed_record(row: dict, stage: str, reason: str, detail: str) -> dict:
         "reason": reason,
         "detail": detail,
     }
+
+
+def galaxy_record(row: dict, img: GalaxyImage) -> dict:
+    """A galaxy's record for the stages after the cutouts: its catalog row, image cube, flags, the
+    filters its bands came from, and the HSC mask and variance planes where they were kept."""
+    record = {"row": row, "image": img.image, "flags": img.flags, "filters": img.filters}
+    if img.hsc_mask is not None:
+        record["hsc_mask"] = img.hsc_mask
+    if img.variance is not None:
+        record["variance"] = img.variance
+    return record
 
 
 def request_batches(table: pa.Table, size: int = GALAXIES_PER_REQUEST) -> Iterator[pa.Table]:
@@ -184,12 +196,7 @@ class _FetchBatch(beam.DoFn):
                 counts[f"failed.cutout.{img.reason}"] = counts.get(f"failed.cutout.{img.reason}", 0) + 1
                 out.append(beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", img.reason, img.detail)))
                 continue
-            record = {"row": row, "image": img.image, "flags": img.flags, "filters": img.filters}
-            if img.hsc_mask is not None:
-                record["hsc_mask"] = img.hsc_mask
-            if img.variance is not None:
-                record["variance"] = img.variance
-            out.append(record)
+            out.append(galaxy_record(row, img))
         return out, counts
 
     @staticmethod
