@@ -23,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from galaxiesml.hsc.format import FLUXMAG0, Rounding, cutout_pixels
+from galaxiesml.hsc.format import FLUXMAG0, Rounding, cutout_box
 
 #: The planes of a calexp file, by HDU number.
 PLANE_HDUS = {"image": 1, "mask": 2, "variance": 3}
@@ -129,10 +129,8 @@ class PatchFile:
         ny, nx = self.shape
         if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
             return None
-        side = cutout_pixels(half_width, rounding)
-        xc, yc = int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
-        x0, y0 = xc - (side - 1) // 2, yc - (side - 1) // 2
-        return max(x0, 0), min(x0 + side, nx), max(y0, 0), min(y0 + side, ny)
+        x0, x1, y0, y1 = cutout_box(x, y, half_width, rounding=rounding)
+        return max(x0, 0), min(x1, nx), max(y0, 0), min(y1, ny)
 
     def stamps(self, boxes: Sequence[tuple[int, int, int, int]]) -> list[dict[str, np.ndarray]]:
         """Each box's pixels per plane, reading each run of overlapping rows once."""

@@ -35,7 +35,8 @@ from galaxiesml.hsc.format import (
     RERUN,
     ZERO_POINT,
     Rounding,
-    cutout_pixels,
+    cutout_box,
+    nearest_pixel,
 )
 from galaxiesml.schema import BANDS
 from galaxiesml.synthetic_catalog import WIDE_DEPTH, Region, make_catalog, skymap_ids, write_catalog
@@ -182,8 +183,8 @@ class SkyLayout:
     def skymap_id(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """HSC-style skymap ids (tract * 10000 + patch_x * 100 + patch_y) of pixel positions: the
         patch of the pixel nearest each, as the cutout stand-in decides coverage."""
-        px = np.floor(np.round(np.asarray(x)) / self.patch_px).astype(np.int64)
-        py = np.floor(np.round(np.asarray(y)) / self.patch_px).astype(np.int64)
+        px = np.floor(np.floor(np.asarray(x) + 0.5) / self.patch_px).astype(np.int64)  # as nearest_pixel
+        py = np.floor(np.floor(np.asarray(y) + 0.5) / self.patch_px).astype(np.int64)
         return np.int64(self.tract) * 10000 + np.clip(px, 0, 99) * 100 + np.clip(py, 0, 99)
 
 
@@ -520,15 +521,12 @@ class Sky:
     ) -> tuple[int, int, int, int] | None:
         """The pixel box das_cutout returns for a request (half sizes in arcsec) around the pixel
         nearest (ra, dec), cut short at coverage edges; None when the centre has no data in this
-        filter. Its size is rounded as `rounding` says (see cutout_pixels)."""
+        filter. Its size is rounded as `rounding` says (see hsc.format.cutout_box)."""
         x, y = self.layout.to_pixel(np.array([ra]), np.array([dec]))
         if not (np.isfinite(x[0]) and np.isfinite(y[0])):
             return None  # on the far side of the projection
-        xc, yc = int(np.round(x[0])), int(np.round(y[0]))
-        nx = cutout_pixels(half_width, rounding)
-        ny = cutout_pixels(half_width if half_height is None else half_height, rounding)
-        x0, y0 = xc - (nx - 1) // 2, yc - (ny - 1) // 2  # an even size has its extra pixel on the high side
-        return self.layout.clip(filter_name, xc, yc, (x0, x0 + nx, y0, y0 + ny))
+        box = cutout_box(float(x[0]), float(y[0]), half_width, half_height, rounding)
+        return self.layout.clip(filter_name, nearest_pixel(float(x[0])), nearest_pixel(float(y[0])), box)
 
     def cutout(
         self, filter_name: str, ra: float, dec: float, half_width: float, half_height: float | None = None,

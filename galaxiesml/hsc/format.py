@@ -68,6 +68,23 @@ def cutout_pixels(half_size: float, rounding: Rounding = "floor") -> int:
     return int(rounding)
 
 
+def nearest_pixel(v: float) -> int:
+    """The pixel whose centre is nearest the (zero-based) pixel coordinate `v`."""
+    return int(math.floor(v + 0.5))
+
+
+def cutout_box(
+    x: float, y: float, half_width: float, half_height: float | None = None, rounding: Rounding = "floor"
+) -> tuple[int, int, int, int]:
+    """The pixel box (x0, x1, y0, y1) the cutout service cuts around pixel position (x, y), before
+    any edge trims it: cutout_pixels a side around the nearest pixel, an even size with its extra
+    pixel on the high side."""
+    nx = cutout_pixels(half_width, rounding)
+    ny = cutout_pixels(half_width if half_height is None else half_height, rounding)
+    x0, y0 = nearest_pixel(x) - (nx - 1) // 2, nearest_pixel(y) - (ny - 1) // 2
+    return x0, x0 + nx, y0, y0 + ny
+
+
 PDR2_CUTOUT_URL = "https://hsc-release.mtk.nao.ac.jp/das_cutout/pdr2/cgi-bin/cutout"
 #: Rows per request clients use (the service takes at most 1000).
 ROWS_PER_REQUEST = 990
