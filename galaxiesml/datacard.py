@@ -621,7 +621,9 @@ def example_candidates(z: np.ndarray, n: int, per_slot: int = EXAMPLE_CANDIDATES
     slots, taken = [], set()
     for k in range(n):
         target = min(int((k + 0.5) / n * order.size), order.size - 1)
-        near = sorted(range(order.size), key=lambda j: (abs(j - target), j))[: per_slot * 3]
+        reach = per_slot * 3  # the nearest `reach` positions lie within `reach` of the target
+        window = range(max(target - reach, 0), min(target + reach + 1, order.size))
+        near = sorted(window, key=lambda j: (abs(j - target), j))[:reach]
         slot = [int(order[j]) for j in near if int(order[j]) not in taken][:per_slot]
         if slot:
             slots.append(slot)

@@ -9,6 +9,7 @@ import zlib
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -89,8 +90,8 @@ class _ParseCatalogFile(beam.DoFn):
         try:
             with open_catalog(metadata.path) as stream:
                 for parsed in read_catalog(stream, metadata.path, self.batch_rows, self.extra_bool_columns):
-                    lines = [*parsed.rows.column("line").to_pylist(), *parsed.rejected.column("line").to_pylist()]
-                    last_line = max([last_line, *filter(None, lines)])
+                    for batch in (parsed.rows, parsed.rejected):  # the furthest line read, for a break's record
+                        last_line = max(last_line, pc.max(batch.column("line")).as_py() or 0)
                     yield from self._emit(pa.Table.from_batches([parsed.rows]), pa.Table.from_batches([parsed.rejected]))
         except (EOFError, OSError, zlib.error, pa.ArrowInvalid) as exc:
             # a file cut short or damaged midway: what was read stays, and the rest is one rejected
