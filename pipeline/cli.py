@@ -42,7 +42,7 @@ from pipeline.options import (
     sample_cuts,
 )
 from pipeline.progress import Progress, shared_progress, worker_output_discarded
-from transforms.read_catalog import catalog_paths, open_catalog
+from transforms.read_catalog import catalog_files, open_catalog
 
 BUILD_FILE = "build.json"
 #: What makes two builds the same build (a rerun into the same output resumes it): what shapes the
@@ -151,11 +151,6 @@ def identity(info: dict) -> dict:
     return out
 
 
-def catalog_files(pattern: str) -> list[list]:
-    """(path, size) of each catalog file: a finished build is done only while these are unchanged."""
-    return sorted([m.path, m.size_in_bytes] for r in FileSystems.match(catalog_paths(pattern)) for m in r.metadata_list)
-
-
 def remove_outputs(output: str) -> None:
     """Remove every output of a build from `output` (OUTPUTS, Beam's temporary folders with them),
     never anything else there: the cutout cache, the demo's input, a user's own files stay."""
@@ -165,10 +160,11 @@ def remove_outputs(output: str) -> None:
             FileSystems.delete([path])
 
 
-def _check_output(opts: GalaxiesMLOptions) -> None:
+def _check_output(opts: GalaxiesMLOptions, catalog: list[list]) -> None:
     """Refuse an output directory that holds another build; stop early when it holds this build,
-    complete; otherwise record this build's identity there (a rerun then resumes it)."""
-    info = json.loads(json.dumps(run_info(opts)))  # as it reads back (tuples become lists)
+    complete and read from the same catalog files ((path, size) each); otherwise record this
+    build's identity and its catalog files there (a rerun then resumes it)."""
+    info = json.loads(json.dumps({**run_info(opts), "catalog_files": catalog}))  # as it reads back
     path = FileSystems.join(opts.output, BUILD_FILE)
     if opts.overwrite:
         remove_outputs(opts.output)
@@ -182,18 +178,18 @@ def _check_output(opts: GalaxiesMLOptions) -> None:
                 f"{opts.output} holds another build (it differs in {', '.join(differs)}): choose another "
                 "--output, or pass --overwrite to replace it"
             )
-        if other.get("completed", {}).get("catalog_files") == catalog_files(opts.catalog):
+        if other.get("completed") and other.get("catalog_files") == info["catalog_files"]:
             raise AlreadyBuilt(opts.output)
     with created_atomically(path) as f:
         f.write(json.dumps(info, indent=2, sort_keys=True).encode())
 
 
 def mark_completed(opts: GalaxiesMLOptions) -> None:
-    """Record in build.json that the build finished, with the catalog files it read."""
+    """Record in build.json that the build finished (its catalog files are recorded there already)."""
     path = FileSystems.join(opts.output, BUILD_FILE)
     with FileSystems.open(path) as f:
         info = json.load(f)
-    info["completed"] = {"catalog_files": catalog_files(opts.catalog)}
+    info["completed"] = True
     with created_atomically(path) as f:
         f.write(json.dumps(info, indent=2, sort_keys=True).encode())
 
@@ -215,7 +211,8 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
             cutout_config(opts)
     except ValueError as exc:
         raise UserError(str(exc))
-    matches = catalog_paths(opts.catalog)
+    files = catalog_files(opts.catalog)
+    matches = [m.path for m in files]
     if not matches:
         raise UserError(f"no catalog file matches {opts.catalog!r}: check the path")
     for path in sorted(matches):
@@ -236,8 +233,8 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
         os.path.join(opts.coadd_root, "deepCoadd-results")
     ):
         raise UserError(f"--coadd_root {opts.coadd_root!r} holds no deepCoadd-results/ folder: give the mirror's rerun folder")
-    _check_output(opts)
-    return sorted(matches)
+    _check_output(opts, [[m.path, m.size_in_bytes] for m in files])
+    return matches
 
 
 def local_runner(opts: GalaxiesMLOptions) -> FnApiRunner | None:

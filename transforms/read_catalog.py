@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml.catalog import CATALOG_SUFFIXES, DEFAULT_BATCH_ROWS, read_catalog, unreadable_file
@@ -56,10 +57,10 @@ def open_catalog(path: str) -> io.IOBase:
     return io.BufferedReader(_RawReader(f)) if isinstance(f, CompressedFile) else f
 
 
-def folder_files(pattern: str) -> list[str] | None:
+def folder_files(pattern: str) -> list[FileMetadata] | None:
     """The catalog files of a folder given as --catalog, with or without its slash (names ending in
-    a catalog extension, hidden ones skipped, sorted); None when `pattern` is a file or a glob,
-    which match as they say."""
+    a catalog extension, hidden ones skipped, sorted by path); None when `pattern` is a file or a
+    glob, which match as they say."""
     if any(c in pattern for c in "*?["):
         return None
     base = pattern.rstrip("/") or "/"
@@ -68,16 +69,18 @@ def folder_files(pattern: str) -> list[str] | None:
         if not (os.path.isdir(base) or (not found and FileSystems.match([FileSystems.join(base, "*")])[0].metadata_list)):
             return None
     listed = FileSystems.match([FileSystems.join(base, "*")])[0].metadata_list
-    names = [m.path for m in listed if not m.path.rstrip("/").rsplit("/", 1)[-1].startswith(".")]
-    return sorted(p for p in names if p.lower().endswith(CATALOG_SUFFIXES))
+    name = lambda m: m.path.rstrip("/").rsplit("/", 1)[-1]  # noqa: E731
+    files = [m for m in listed if not name(m).startswith(".") and name(m).lower().endswith(CATALOG_SUFFIXES)]
+    return sorted(files, key=lambda m: m.path)
 
 
-def catalog_paths(pattern: str) -> list[str]:
-    """The catalog files --catalog names: a file, a glob, or a folder's catalog files."""
+def catalog_files(pattern: str) -> list[FileMetadata]:
+    """The catalog files --catalog names (a file, a glob, or a folder's catalog files), sorted by
+    path, each with its size: one listing of the filesystem."""
     files = folder_files(pattern)
-    if files is not None:
-        return files
-    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+    if files is None:
+        files = sorted((m for r in FileSystems.match([pattern]) for m in r.metadata_list), key=lambda m: m.path)
+    return files
 
 
 class _ParseCatalogFile(beam.DoFn):
@@ -127,7 +130,7 @@ class ReadCatalog(beam.PTransform):
         matched = (
             pbegin | "MatchCatalogFiles" >> fileio.MatchFiles(self.pattern)
             if files is None
-            else pbegin | "CatalogFolder" >> beam.Create(files) | "MatchCatalogFiles" >> fileio.MatchAll()
+            else pbegin | "CatalogFolder" >> beam.Create([m.path for m in files]) | "MatchCatalogFiles" >> fileio.MatchAll()
         )
         outputs = (
             matched
