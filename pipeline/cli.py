@@ -4,7 +4,6 @@
 Mistakes a user can fix are one line each, saying what to do (`--verbose` adds the traceback)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import difflib
 import json
@@ -370,14 +369,11 @@ def _help(argv: list[str]) -> str | None:
         parser = options_parser(prog=f"{PROG} run", ours=False)
         return parser.format_help().replace("usage:", "Beam's own flags, taken by run and demo:\nusage:", 1)
     if "-h" in argv or "--help" in argv:
-        parser = argparse.ArgumentParser(
-            prog=f"{PROG} run",
-            usage=f"{PROG} [run] --catalog PATTERN --output DIR [options] [Beam flags]",
-            description="Build the GalaxiesML dataset from an HSC catalog export.",
-            epilog=f"Every Beam flag works too (--runner, --direct_num_workers, Dataflow's and Flink's): "
-            f"`{PROG} run --help-beam` lists them.",
-        )
-        GalaxiesMLOptions._add_argparse_args(parser)
+        parser = options_parser(prog=f"{PROG} run", beam=False)
+        parser.usage = f"{PROG} [run] --catalog PATTERN --output DIR [options] [Beam flags]"
+        parser.description = "Build the GalaxiesML dataset from an HSC catalog export."
+        parser.epilog = (f"Every Beam flag works too (--runner, --direct_num_workers, Dataflow's and Flink's): "
+                         f"`{PROG} run --help-beam` lists them.")
         return parser.format_help()
     return None
 

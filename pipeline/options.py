@@ -192,7 +192,7 @@ class GalaxiesMLOptions(PipelineOptions):
         group = parser.add_argument_group("GalaxiesML")
         group.add_argument(
             "--catalog",
-            help="catalog file or glob, on any Beam filesystem: HSC export CSV, CSV(.gz), FITS table "
+            help="catalog file, glob or folder, on any Beam filesystem: HSC export CSV, CSV(.gz), FITS table "
             "or Parquet",
         )
         group.add_argument("--output", help="output directory (any Beam filesystem)")
