@@ -202,7 +202,7 @@ def preflight(opts: GalaxiesMLOptions) -> list[str]:
         )
     if not opts.output:
         raise UserError("--output is required: the directory the dataset is written to")
-    _check_gcs(opts.catalog, opts.output, opts.cutout_cache or "")
+    _check_gcs(opts.catalog, opts.output, opts.cutout_cache or "", opts.coadd_root)
     try:
         parse_fractions(opts.split_fractions)
         extra = sample_cuts(opts)

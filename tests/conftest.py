@@ -1,6 +1,13 @@
-"""Shared test fixtures: runners pinned to in-process Beam (no downloads), small catalogs."""
+"""Shared test fixtures: runners pinned to in-process Beam (no downloads), small catalogs, a GCS
+emulator."""
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -8,6 +15,58 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 #: Real HSC stamps and PSFs shipped with the tests (origin and licence in their README.md).
 REAL_HSC = Path(__file__).resolve().parent / "data" / "real_hsc"
+
+
+#: The bucket the gcs_emulator fixture creates.
+GCS_BUCKET = "galaxiesml-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def gcs_emulator():
+    """An in-memory gcp-storage-emulator on 127.0.0.1 (never real GCS) holding GCS_BUCKET, and
+    STORAGE_EMULATOR_HOST pointing at it, for one test module; yields the bucket (a
+    google-cloud-storage Bucket, whose clients honour STORAGE_EMULATOR_HOST with anonymous
+    credentials). Skips where google-cloud-storage or the emulator is not installed."""
+    storage = pytest.importorskip("google.cloud.storage")
+    program = shutil.which("gcp-storage-emulator", path=os.path.dirname(sys.executable))
+    if program is None:
+        pytest.skip("gcp-storage-emulator is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [program, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--default-bucket", GCS_BUCKET, "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    try:
+        # Beam's gs:// filesystem looks for Google credentials before it connects anonymously: with
+        # the gcp extra that is ~20 s of retries where there are none, or a real account's token
+        # fetched from Google. The emulator needs none: Beam connects anonymously at once.
+        from apache_beam.internal.gcp import auth
+
+        mp.setattr(auth._Credentials, "_credentials_init", True)
+        mp.setattr(auth._Credentials, "_credentials", None)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("gcp-storage-emulator did not start")
+                time.sleep(0.1)
+        yield storage.Client().bucket(GCS_BUCKET)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        mp.undo()
 
 
 @pytest.fixture

@@ -87,6 +87,9 @@ def test_gs_path_without_the_gcp_extra(capsys, catalog, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_gcp)
     err = error_of(capsys, "--catalog", str(catalog), "--output", "gs://bucket/out", "--cutout_source=none")
     assert "pip install -e '.[gcp]'" in err
+    err = error_of(capsys, "--catalog", str(catalog), "--output", str(tmp_path / "o"), "--cutout_source=coadd",
+                   "--coadd_root", "gs://bucket/pdr2_wide")
+    assert "pip install -e '.[gcp]'" in err
 
 
 def test_bad_option_values(capsys, catalog, tmp_path):

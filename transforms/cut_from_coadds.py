@@ -23,6 +23,7 @@ from galaxiesml.cutouts import CutoutError, galaxy_image
 from galaxiesml.hsc.cutout_client import GalaxyCutouts
 from galaxiesml.hsc.format import FALLBACK_FILTERS, FILTERS
 from galaxiesml.schema import BANDS
+from galaxiesml.storage import open_for_ranges
 from transforms.fetch_cutouts import FAILED, CutoutConfig, failed_record, galaxy_record
 from transforms.metrics import increment
 
@@ -66,7 +67,7 @@ class _CutPatch(beam.DoFn):
                 yield oid, (band, None, None, "no_patch_file", f"{band} band: {path} is not in the mirror")
             return
         try:
-            with FileSystems.open(path) as f:
+            with open_for_ranges(path) as f:
                 patch = PatchFile(f, self.config.planes, name=path)
                 boxes = [patch.box(ra, dec, self.config.half_width) for _, _, ra, dec in members]
                 stamps = iter(patch.stamps([b for b in boxes if b is not None]))
