@@ -59,6 +59,10 @@ from benchmarks.standin import (
 )
 from galaxiesml.hsc.format import HALF_WIDTH_127
 
+DEFAULT_OUT = str(Path(__file__).parent / "results" / "scaling.md")
+#: Each mirror file holds this many pixels of its neighbours on every side, as the release's do.
+MIRROR_BORDER = 100
+
 
 #: How often WorkerRss samples the workers' RSS, in seconds.
 RSS_EVERY_S = 0.25
@@ -294,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="--mini_size of the throughput runs: at 1,000, what does not scale with workers (Beam's "
                         "start-up, the catalog stages, the HDF5 step: ~11 s) is under a tenth of a 1-worker build")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", choices=("service", "coadd"), default="service",
+                   help="where the throughput runs' cutouts come from: the das_cutout stand-in, or a release-shaped "
+                        "coadd mirror of the sky on local disk (--cutout_source coadd, issue 22)")
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds of the throughput runs")
     p.add_argument("--galaxies_per_request", type=int, default=198,
                    help="galaxies per cutout request in the throughput runs (fewer: more request batches to spread)")
@@ -309,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory_out", default=str(Path(__file__).parent / "results" / "scaling_memory.md"))
     p.add_argument("--append", action="store_true", help="append the throughput table to --out instead of writing it")
     p.add_argument("--work", default="/tmp/galaxiesml-bench")
-    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "scaling.md"))
+    p.add_argument("--out", default=DEFAULT_OUT)
     args = p.parse_args(argv)
     if not args.skip_memory:
         memory_runs(args)
@@ -328,23 +335,32 @@ def main(argv: list[str] | None = None) -> int:
     run(["--catalog", catalog, "--output", str(work / "catalog-only"), "--cutout_source", "none", "--runner=FnApiRunner"])
     kept = pq.read_table(sorted(glob.glob(str(work / "catalog-only" / "catalog" / "kept-*.parquet"))), columns=["ra", "dec"])
     cache_dir = work / "rendered"
-    prerender_cache(sky, request_keys(zip(kept.column("ra").to_pylist(), kept.column("dec").to_pylist()), HALF_WIDTH_127), cache_dir)
+    if args.source == "coadd":
+        mirror = work / "mirror"
+        if not mirror.exists():
+            sky.write_patches(mirror, border=MIRROR_BORDER, catalogs=True)
+        source = ["--cutout_source", "coadd", "--coadd_root", str(mirror)]
+    else:
+        prerender_cache(sky, request_keys(zip(kept.column("ra").to_pylist(), kept.column("dec").to_pylist()), HALF_WIDTH_127), cache_dir)
+        source = ["--cutout_source", "service"]
     del sky, rows
     setup_s = time.perf_counter() - session_t0
 
     os.environ["HSC_SSP_CAS_USER"], os.environ["HSC_SSP_CAS_PASSWORD"] = BENCH_CREDENTIALS.user, BENCH_CREDENTIALS.password
     target = "benchmarks.bench_scaling:run_build"
     mini = ["--mini_size", str(args.throughput_galaxies), "--galaxies_per_request", str(args.galaxies_per_request)]
-    plan = [(kind, workers, [*mini, "--cutout_source", source])
-            for workers in (1, 2) for kind, source in (("full", "service"), ("catalog", "none"))]
+    plan = [(kind, workers, [*mini, *chosen])
+            for workers in (1, 2) for kind, chosen in (("full", source), ("catalog", ["--cutout_source", "none"]))]
     results: dict[tuple[str, int], list[dict]] = {}
     hosts: list[float] = []
     host_cubes = work / "host-cubes.npy"
     host_cubes.unlink(missing_ok=True)
     loads = []
     measured_t0 = time.perf_counter()
-    with ServerProcess(args.sky_galaxies, args.seed, cache_dir, work / "server.log") as server:
-        before = cache_files(cache_dir)
+    serving = (ServerProcess(args.sky_galaxies, args.seed, cache_dir, work / "server.log") if args.source == "service"
+               else contextlib.nullcontext(argparse.Namespace(url="http://127.0.0.1:9")))  # a URL no coadd build asks
+    with serving as server:
+        before = cache_files(cache_dir) if cache_dir.exists() else 0
         for _ in range(args.rounds):
             for kind, workers, extra in plan:
                 out = str(work / f"out-{kind}-{workers}")
@@ -357,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                     measure("benchmarks.bench_scaling:save_host_cubes", out, str(host_cubes), args.host_galaxies)
             hosts.append(host_ratio(host_cubes))
             print(f"host: 2 processes / 1 = {hosts[-1]:.2f}", flush=True)
-        rendered_while_serving = cache_files(cache_dir) - before
+        rendered_while_serving = (cache_files(cache_dir) if cache_dir.exists() else 0) - before
     measured_s = time.perf_counter() - measured_t0
 
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in results.items()}
@@ -383,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     by_round = lambda key: ", ".join(f"{a[key] / b[key]:.2f}" for a, b in rounds)  # noqa: E731
     of_host = [a["seconds"] / b["seconds"] / h for (a, b), h in zip(rounds, hosts)]
     lines = [
-        "# End-to-end scaling on DirectRunner: 1 vs 2 workers (issue 7; memory per worker: scaling_memory.md)",
+        ("# End-to-end scaling on DirectRunner, cutouts from a coadd mirror: 1 vs 2 workers (issue 22)" if args.source == "coadd"
+         else "# End-to-end scaling on DirectRunner: 1 vs 2 workers (issue 7; memory per worker: scaling_memory.md)"),
         "",
         f"Run {started:%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, Beam 2.77; "
         f"load average during the measurements {min(loads):.1f}-{max(loads):.1f} (the machine is shared with other "
@@ -391,14 +408,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `.venv/bin/python -m benchmarks.bench_scaling --sky_galaxies {args.sky_galaxies} "
         f"--throughput_galaxies {args.throughput_galaxies} --galaxies_per_request {args.galaxies_per_request} "
-        f"--rounds {args.rounds} --seed {args.seed}{' --skip_memory --append' if args.append else ''}` "
+        f"--rounds {args.rounds} --seed {args.seed}{' --source coadd' if args.source == 'coadd' else ''}"
+        f"{' --skip_memory' if args.skip_memory else ''}{' --append' if args.append else ''}{'' if args.out == DEFAULT_OUT else ' --out ' + os.path.relpath(args.out, ROOT)}` "
         f"(set-up {setup_s:.0f} s, measurements {measured_s:.0f} s).",
         "",
         f"The demo's pipeline on a synthetic sky of {args.sky_galaxies:,} galaxies (catalog export of "
-        f"{kept.num_rows:,} kept rows), cutouts 127 x 127 (half width {HALF_WIDTH_127:.3f}\") fetched from the "
-        "das_cutout stand-in in its own process, answering from pre-rendered cutouts (it rendered "
-        f"{rendered_while_serving} while measured); no cutout cache (every galaxy fetched); DirectRunner "
-        "multi_processing with 1 worker process (--max_streams 2) and with 2 (--max_streams 1 each).",
+        f"{kept.num_rows:,} kept rows), cutouts 127 x 127 (half width {HALF_WIDTH_127:.3f}\") "
+        + (f"cut from a release-shaped mirror of the sky's coadd patches on local disk ({MIRROR_BORDER} px borders, "
+           "catalog files beside each; `--cutout_source coadd`: grouped by patch file, each group's rows read once); "
+           "DirectRunner multi_processing with 1 and 2 worker processes."
+           if args.source == "coadd" else
+           "fetched from the das_cutout stand-in in its own process, answering from pre-rendered cutouts (it rendered "
+           f"{rendered_while_serving} while measured); no cutout cache (every galaxy fetched); DirectRunner "
+           "multi_processing with 1 worker process (--max_streams 2) and with 2 (--max_streams 1 each)."),
         "",
         f"## Throughput: {n} galaxies (`--mini_size {args.throughput_galaxies}`), images + morphology with the Sersic fit, "
         f"{args.galaxies_per_request} galaxies per request ({batches} request batches)",

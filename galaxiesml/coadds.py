@@ -133,7 +133,8 @@ class PatchFile:
         return max(x0, 0), min(x1, nx), max(y0, 0), min(y1, ny)
 
     def stamps(self, boxes: Sequence[tuple[int, int, int, int]]) -> list[dict[str, np.ndarray]]:
-        """Each box's pixels per plane, reading each run of overlapping rows once."""
+        """Each box's pixels per plane, reading each run of overlapping rows once; one run's rows
+        are held at a time."""
         out: list[dict[str, np.ndarray]] = [{} for _ in boxes]
         order = sorted(range(len(boxes)), key=lambda k: boxes[k][2])
         runs: list[list[int]] = []
@@ -151,7 +152,7 @@ class PatchFile:
                 rows = np.frombuffer(self._read((y1 - y0) * row_bytes), p.dtype).reshape(y1 - y0, p.shape[1])
                 for k in run:
                     bx0, bx1, by0, by1 = boxes[k]
-                    out[k][plane] = rows[by0 - y0 : by1 - y0, bx0:bx1]
+                    out[k][plane] = rows[by0 - y0 : by1 - y0, bx0:bx1].copy()  # a copy: the run's rows go now
         return out
 
     def stamp_fits(
