@@ -314,3 +314,11 @@ def test_n4_wings_do_not_bias_the_sky_and_the_index():
         c = render_cutout(rng, n=4.0, snr=300.0, neighbours=(0, 1), hlr_arcsec=(0.4, 1.0))
         logs.append(np.log10(M.measure_band(c.image, psf)["sersic_index"] / 4.0))
     assert abs(float(np.median(logs))) <= 0.015, np.median(logs)
+
+
+def test_interpolated_transform_is_the_exact_one_between_the_tables_nodes():
+    for n in (0.2, 0.37, 1.0, 2.718, 4.4, 7.9, 8.0):
+        exact, d_exact = M.sersic_transform(n)
+        value, slope = M.interpolated_transform(np.log(n))
+        assert np.abs(value - exact).max() <= 1e-6, n
+        assert np.abs(slope - d_exact).max() <= 1e-3 * np.abs(d_exact).max(), n
