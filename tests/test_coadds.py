@@ -207,3 +207,28 @@ def test_a_patch_file_missing_from_the_mirror_fails_its_galaxies_with_the_reason
     assert lost > 0 and f["kept"] == mirror["funnel"]["kept"] - lost
     failed = pq.read_table(sorted((tmp_path / "out").glob("catalog/failed-*.parquet"))).to_pylist()
     assert all(r["reason"] == "no_patch_file" and gone.name in r["detail"] for r in failed)
+
+
+def test_a_file_cut_short_fails_each_of_its_galaxies_once_with_the_reason(mirror, tmp_path):
+    """A patch file that ends inside its image: every member of the group gets one
+    unreadable_patch_file record, none a stamp as well."""
+    import shutil
+
+    from transforms.cut_from_coadds import _CutPatch
+    from transforms.fetch_cutouts import CutoutConfig
+
+    sky, root, files, truth, galaxies = mirror
+    by_patch = {}
+    for t in truth:
+        by_patch.setdefault(patch_of(galaxies[t["object_id"]]["skymap_id"]), []).append(t)
+    (tract, px, py), members = max(by_patch.items(), key=lambda kv: len(kv[1]))
+    copy = tmp_path / "mirror"
+    shutil.copytree(root, copy)
+    path = PatchKey("HSC-I", tract, px, py).path(str(copy))
+    with open(path, "r+b") as f:
+        image = PatchFile(f)._planes[1]
+        f.truncate(image.offset + 10 * image.shape[1] * image.dtype.itemsize)  # ten rows of the image left
+    group = (f"HSC-I|{tract}|{px}|{py}|0", [(t["object_id"], "i", t["ra"], t["dec"]) for t in members])
+    out = list(_CutPatch(CutoutConfig(coadd_root=str(copy))).process(group))
+    assert sorted(oid for oid, _ in out) == sorted(t["object_id"] for t in members)
+    assert all(result[3] == "unreadable_patch_file" and path in result[4] for _, result in out), [r[3:] for _, r in out]

@@ -66,6 +66,7 @@ class _CutPatch(beam.DoFn):
             for oid, band, _, _ in members:
                 yield oid, (band, None, None, "no_patch_file", f"{band} band: {path} is not in the mirror")
             return
+        results = []  # all of the group's, before any is emitted: a file that breaks half-way fails every member once
         try:
             with open_for_ranges(path) as f:
                 patch = PatchFile(f, self.config.planes, name=path)
@@ -73,12 +74,13 @@ class _CutPatch(beam.DoFn):
                 stamps = iter(patch.stamps([b for b in boxes if b is not None]))
                 for (oid, band, ra, dec), box in zip(members, boxes):
                     if box is None:
-                        yield oid, (band, None, None, "off_patch", f"{band} band: ({ra}, {dec}) is not on {path}")
+                        results.append((oid, (band, None, None, "off_patch", f"{band} band: ({ra}, {dec}) is not on {path}")))
                     else:
-                        yield oid, (band, used, patch.stamp_fits(box, next(stamps)), None, None)
+                        results.append((oid, (band, used, patch.stamp_fits(box, next(stamps)), None, None)))
         except Exception as exc:  # a damaged file fails its galaxies, with the reason, not the run
-            for oid, band, _, _ in members:
-                yield oid, (band, None, None, "unreadable_patch_file", f"{band} band: {path}: {type(exc).__name__}: {exc}")
+            results = [(oid, (band, None, None, "unreadable_patch_file", f"{band} band: {path}: {type(exc).__name__}: {exc}"))
+                       for oid, band, _, _ in members]
+        yield from results
 
 
 def _assemble(joined: tuple[int, dict]):
