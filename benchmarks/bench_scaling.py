@@ -60,6 +60,7 @@ from benchmarks.standin import (
 from galaxiesml.hsc.format import HALF_WIDTH_127
 
 DEFAULT_OUT = str(Path(__file__).parent / "results" / "scaling.md")
+DEFAULT_MEMORY_OUT = str(Path(__file__).parent / "results" / "scaling_memory.md")
 #: Each mirror file holds this many pixels of its neighbours on every side, as the release's do.
 MIRROR_BORDER = 100
 
@@ -190,12 +191,13 @@ def memory_runs(args) -> None:
 
     work = Path(args.work) / f"memory-seed-{args.seed}"
     pool_dir = work / f"pool-{args.pool_positions}"
+    coadd = args.source == "coadd"
     t0 = time.perf_counter()
-    if not (pool_dir / POOL_INDEX).exists():
+    if not coadd and not (pool_dir / POOL_INDEX).exists():
         sky, rows = make_sky(2000, args.seed)
         positions = list(zip(rows.column("ra").to_pylist(), rows.column("dec").to_pylist()))[: 2 * args.pool_positions]
         build_pool(sky, positions, HALF_WIDTH_127, pool_dir, args.pool_positions)
-    pool = len(json.loads((pool_dir / POOL_INDEX).read_text())["positions"])
+    pool = 0 if coadd else len(json.loads((pool_dir / POOL_INDEX).read_text())["positions"])
     setup_s = time.perf_counter() - t0
     os.environ["HSC_SSP_CAS_USER"], os.environ["HSC_SSP_CAS_PASSWORD"] = BENCH_CREDENTIALS.user, BENCH_CREDENTIALS.password
     sizes = sorted(args.memory_galaxies)
@@ -203,11 +205,19 @@ def memory_runs(args) -> None:
     for size in sizes:
         sky, rows = make_sky(size, args.seed)
         catalog = str(write_sky(sky, rows, work / f"input-{size}")["catalog"])
+        source = ["--cutout_source", "service"]
+        if coadd:
+            mirror = work / f"mirror-{size}"
+            if not mirror.exists():
+                sky.write_patches(mirror, border=MIRROR_BORDER, catalogs=True)
+            source = ["--cutout_source", "coadd", "--coadd_root", str(mirror)]
         del sky, rows
-        with ServerProcess(size, args.seed, pool_dir, work / f"server-{size}.log", pool=True) as server:
+        serving = (contextlib.nullcontext(argparse.Namespace(url="http://127.0.0.1:9")) if coadd
+                   else ServerProcess(size, args.seed, pool_dir, work / f"server-{size}.log", pool=True))
+        with serving as server:
             for _ in range(args.memory_repeats if size == sizes[0] else 1):
                 res = measure("benchmarks.bench_scaling:run_build", catalog, str(work / f"out-{size}"), server.url, 2,
-                              ["--cutout_source", "service", "--no_sersic"], True)["result"]
+                              [*source, "--no_sersic"], True)["result"]
                 loads.append(os.getloadavg()[0])
                 shutil.rmtree(work / f"out-{size}", ignore_errors=True)
                 rows_out.append((size, res))
@@ -216,20 +226,27 @@ def memory_runs(args) -> None:
     smalls = [r for size, r in rows_out if size == sizes[0]]
     big, r1 = rows_out[-1]
     lines = [
-        "# Peak memory per worker at two sample sizes (issue 7)",
+        ("# Peak memory per worker at two sample sizes, cutouts from a coadd mirror (issue 22)" if coadd
+         else "# Peak memory per worker at two sample sizes (issue 7)"),
         "",
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, Beam 2.77; load average after each run {', '.join(f'{x:.1f}' for x in loads)}.",
         "",
         f"Command: `.venv/bin/python -m benchmarks.bench_scaling --skip_throughput --memory_galaxies "
         f"{' '.join(map(str, args.memory_galaxies))} --memory_repeats {args.memory_repeats} --pool_positions "
-        f"{args.pool_positions} --seed {args.seed}` (pool set-up {setup_s:.0f} s).",
+        f"{args.pool_positions} --seed {args.seed}{' --source coadd' if coadd else ''}"
+        f"{'' if args.memory_out == DEFAULT_MEMORY_OUT else ' --memory_out ' + os.path.relpath(args.memory_out, ROOT)}` "
+        f"(set-up {setup_s:.0f} s).",
         "",
         "Full builds of synthetic skies (every kept galaxy, 127 x 127 cutouts, morphology `--no_sersic`: the fit changes "
-        "CPU, not what is held), DirectRunner multi_processing with 2 workers, no cutout cache. The das_cutout stand-in "
-        f"runs in its own process and answers every position from a pool of {pool} pre-rendered galaxies "
-        "(`galaxiesml/standins/cutout_service.py` PoolCache: the pool galaxy picked by a hash of the position, its WCS moved onto "
-        f"the requested position), so no sky has to be rendered and serving costs little CPU. The {sizes[0]:,}-galaxy "
+        "CPU, not what is held), DirectRunner multi_processing with 2 workers, no cutout cache. "
+        + ("Cutouts are cut from a release-shaped mirror of each sky's coadd patches on local disk (`--cutout_source coadd`, "
+           f"{MIRROR_BORDER} px borders); the sky's density is the same at every size, so a larger sky has more patch files, "
+           "not fuller ones. " if coadd else
+           f"The das_cutout stand-in runs in its own process and answers every position from a pool of {pool} pre-rendered "
+           "galaxies (`galaxiesml/standins/cutout_service.py` PoolCache: the pool galaxy picked by a hash of the position, "
+           "its WCS moved onto the requested position), so no sky has to be rendered and serving costs little CPU. ")
+        + f"The {sizes[0]:,}-galaxy "
         f"build runs {args.memory_repeats} times: the same build's peak moves by tens of MB from run to run (what the "
         "allocators keep), so a larger build's peak is judged against that spread.",
         "",
@@ -313,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory_repeats", type=int, default=3,
                    help="runs of the smallest --memory_galaxies build, whose spread the larger build is judged against")
     p.add_argument("--pool_positions", type=int, default=300, help="distinct galaxies the memory runs' stand-in serves")
-    p.add_argument("--memory_out", default=str(Path(__file__).parent / "results" / "scaling_memory.md"))
+    p.add_argument("--memory_out", default=DEFAULT_MEMORY_OUT)
     p.add_argument("--append", action="store_true", help="append the throughput table to --out instead of writing it")
     p.add_argument("--work", default="/tmp/galaxiesml-bench")
     p.add_argument("--out", default=DEFAULT_OUT)

@@ -232,3 +232,20 @@ def test_a_file_cut_short_fails_each_of_its_galaxies_once_with_the_reason(mirror
     out = list(_CutPatch(CutoutConfig(coadd_root=str(copy))).process(group))
     assert sorted(oid for oid, _ in out) == sorted(t["object_id"] for t in members)
     assert all(result[3] == "unreadable_patch_file" and path in result[4] for _, result in out), [r[3:] for _, r in out]
+
+
+def test_a_band_that_never_reaches_its_galaxy_is_band_missing_not_no_patch():
+    """The join tells a skymap_id naming no patch (nothing was asked) from a band whose result was
+    asked for and never came."""
+    from apache_beam.pvalue import TaggedOutput
+
+    from transforms.cut_from_coadds import _assemble
+
+    def reasons(skymap_id, bands):
+        row = {"object_id": 7, "ra": 150.0, "dec": 2.0, "skymap_id": skymap_id, "source": "c.csv", "line": 2, "specz_name": "S"}
+        out = list(_assemble((7, {"row": [row], "bands": [(b, "HSC-" + b.upper(), None, "off_patch", "x") for b in bands]})))
+        assert len(out) == 1 and isinstance(out[0], TaggedOutput)
+        return out[0].value["reason"]
+
+    assert reasons(94700101, ["r", "i", "z", "y"]) == "band_missing"  # g, the first band looked at, never came
+    assert reasons(0, []) == "no_patch"

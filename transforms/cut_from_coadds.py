@@ -92,7 +92,12 @@ def _assemble(joined: tuple[int, dict]):
     problem = None
     for band in BANDS:
         if band not in bands:
-            problem = problem or ("no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
+            try:
+                patch_of(row.get("skymap_id"))
+                problem = problem or ("band_missing", f"{band} band: no stamp and no failure reached this galaxy "
+                                      "(the runner lost it; a rerun cuts it again)")
+            except (TypeError, ValueError):
+                problem = problem or ("no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
             continue
         filt, data, reason, detail = bands[band]
         if data is None:
