@@ -29,6 +29,8 @@ from transforms.metrics import increment
 
 #: Groups a patch's galaxies are cut in (by object_id): the most workers one patch can keep busy.
 PATCH_BUCKETS = 8
+#: The reason of a galaxy one of whose bands' results never reached the join: a runner's loss.
+BAND_MISSING = "band_missing"
 
 
 def band_requests(table: pa.Table, buckets: int = PATCH_BUCKETS) -> Iterator[tuple[str, tuple]]:
@@ -94,7 +96,7 @@ def _assemble(joined: tuple[int, dict]):
         if band not in bands:
             try:
                 patch_of(row.get("skymap_id"))
-                problem = problem or ("band_missing", f"{band} band: no stamp and no failure reached this galaxy "
+                problem = problem or (BAND_MISSING, f"{band} band: no stamp and no failure reached this galaxy "
                                       "(the runner lost it; a rerun cuts it again)")
             except (TypeError, ValueError):
                 problem = problem or ("no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
