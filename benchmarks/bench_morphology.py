@@ -122,10 +122,11 @@ def accuracy(per_bin: int, workdir: Path) -> tuple[list[tuple], str]:
             v = np.log10(np.concatenate([np.array(est[k]) for k in keys]) / n)
             v = v[np.isfinite(v)]
             b = float(np.median(v))
-            err = 1.2533 * 1.4826 * float(np.median(np.abs(v - b))) / np.sqrt(len(v))  # the median's standard error
+            nmad = 1.4826 * float(np.median(np.abs(v - b)))
+            err = 1.2533 * nmad / np.sqrt(len(v))  # the median's standard error
             bound = f"{100 * np.mean(sum((flags[k] for k in keys), [])):.0f}%" if flags else "-"
             snr_label = "all" if snr == "all" else f"{snr:g}"
-            table.append((name, f"{n:g}", snr_label, len(v), b, err, 1.4826 * float(np.median(np.abs(v - b))), float(np.std(v)), bound, ms))
+            table.append((name, f"{n:g}", snr_label, len(v), b, err, nmad, float(np.std(v)), bound, ms))
 
     est, flags, times = {}, {}, []
     for b in bins:

@@ -65,6 +65,18 @@ DEFAULT_MEMORY_OUT = str(Path(__file__).parent / "results" / "scaling_memory.md"
 MIRROR_BORDER = 100
 
 
+def mirror_source(sky, mirror: Path) -> list[str]:
+    """The build flags that cut from a release-shaped mirror of `sky` at `mirror` (written once)."""
+    if not mirror.exists():
+        sky.write_patches(mirror, border=MIRROR_BORDER, catalogs=True)
+    return ["--cutout_source", "coadd", "--coadd_root", str(mirror)]
+
+
+def no_service():
+    """What stands for the stand-in's process in a coadd build: a URL that no such build asks."""
+    return contextlib.nullcontext(argparse.Namespace(url="http://127.0.0.1:9"))
+
+
 #: How often WorkerRss samples the workers' RSS, in seconds.
 RSS_EVERY_S = 0.25
 
@@ -205,15 +217,9 @@ def memory_runs(args) -> None:
     for size in sizes:
         sky, rows = make_sky(size, args.seed)
         catalog = str(write_sky(sky, rows, work / f"input-{size}")["catalog"])
-        source = ["--cutout_source", "service"]
-        if coadd:
-            mirror = work / f"mirror-{size}"
-            if not mirror.exists():
-                sky.write_patches(mirror, border=MIRROR_BORDER, catalogs=True)
-            source = ["--cutout_source", "coadd", "--coadd_root", str(mirror)]
+        source = mirror_source(sky, work / f"mirror-{size}") if coadd else ["--cutout_source", "service"]
         del sky, rows
-        serving = (contextlib.nullcontext(argparse.Namespace(url="http://127.0.0.1:9")) if coadd
-                   else ServerProcess(size, args.seed, pool_dir, work / f"server-{size}.log", pool=True))
+        serving = no_service() if coadd else ServerProcess(size, args.seed, pool_dir, work / f"server-{size}.log", pool=True)
         with serving as server:
             for _ in range(args.memory_repeats if size == sizes[0] else 1):
                 res = measure("benchmarks.bench_scaling:run_build", catalog, str(work / f"out-{size}"), server.url, 2,
@@ -353,10 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     kept = pq.read_table(sorted(glob.glob(str(work / "catalog-only" / "catalog" / "kept-*.parquet"))), columns=["ra", "dec"])
     cache_dir = work / "rendered"
     if args.source == "coadd":
-        mirror = work / "mirror"
-        if not mirror.exists():
-            sky.write_patches(mirror, border=MIRROR_BORDER, catalogs=True)
-        source = ["--cutout_source", "coadd", "--coadd_root", str(mirror)]
+        source = mirror_source(sky, work / "mirror")
     else:
         prerender_cache(sky, request_keys(zip(kept.column("ra").to_pylist(), kept.column("dec").to_pylist()), HALF_WIDTH_127), cache_dir)
         source = ["--cutout_source", "service"]
@@ -374,8 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     host_cubes.unlink(missing_ok=True)
     loads = []
     measured_t0 = time.perf_counter()
-    serving = (ServerProcess(args.sky_galaxies, args.seed, cache_dir, work / "server.log") if args.source == "service"
-               else contextlib.nullcontext(argparse.Namespace(url="http://127.0.0.1:9")))  # a URL no coadd build asks
+    serving = ServerProcess(args.sky_galaxies, args.seed, cache_dir, work / "server.log") if args.source == "service" else no_service()
     with serving as server:
         before = cache_files(cache_dir) if cache_dir.exists() else 0
         for _ in range(args.rounds):
