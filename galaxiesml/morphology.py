@@ -390,8 +390,9 @@ def levenberg_marquardt(
     """Minimise |r(p)|^2 for `evaluate(p) -> (r, dr/dp)` within the box [lo, hi] (steps clipped to it).
 
     Marquardt's damping scaled by diag(J^T J); stops when every |step| <= xtol or the cost falls, or
-    would fall by the linear model's prediction for the next step, by less than ftol of itself (1e-3: for a stamp of ~1,500 pixels a last gain under ~1.5 in chi^2;
-    1e-4 took one more evaluation per fit and changed no bias or scatter on the accuracy benchmark).
+    would fall by the linear model's prediction for the next step, by less than ftol of itself
+    (1e-3: for a stamp of ~1,500 pixels a last gain under ~1.5 in chi^2; 1e-4 took one more
+    evaluation per fit and changed no bias or scatter on the accuracy benchmark).
 
     Written out rather than scipy.optimize.least_squares because for six parameters and ~5
     evaluations scipy's per-call bookkeeping (SVDs, scaling, checks) cost ~40% of the fit, and the
@@ -449,12 +450,28 @@ def _fht_kernel() -> np.ndarray:
 _FHT_KERNEL = _fht_kernel()
 
 
+def _sersic_constants(n: float) -> tuple[float, float]:
+    """b_n (so that r_e holds half the light) and the log of the unit-flux profile's normalisation
+    at r_e = 1: I(r) = exp(-b_n r^(1/n) - ln_norm), ln_norm = ln(2 pi n Gamma(2n) / b_n^2n)."""
+    b = float(special.gammaincinv(2.0 * n, 0.5))
+    return b, math.log(2.0 * math.pi * n) + float(special.gammaln(2.0 * n)) - 2.0 * n * math.log(b)
+
+
+def _axes(e1: float, e2: float) -> tuple[float, float, float, float, float]:
+    """(e, q, cos phi, sin phi, dq/de) of the ellipticity (e1, e2) = e (cos 2phi, sin 2phi), with
+    e clipped to 0.9 for q (and dq/de 0 beyond) and kept above 1e-6."""
+    e = max(math.hypot(e1, e2), 1e-6)
+    e_eff = min(e, 0.9)
+    phi = 0.5 * math.atan2(e2, e1)
+    dq_de = 0.0 if e > 0.9 else -2.0 / (1.0 + e_eff) ** 2
+    return e, (1.0 - e_eff) / (1.0 + e_eff), math.cos(phi), math.sin(phi), dq_de
+
+
 def sersic_transform(n: float) -> tuple[np.ndarray, np.ndarray]:
     """(T, dT/dln n) on _LN_K: the 2-D Fourier transform of the unit-flux circular Sersic profile
     of index n and half-light radius 1, T(k) = 2 pi int I(r) J0(k r) r dr (T(0) = 1)."""
-    b = float(special.gammaincinv(2.0 * n, 0.5))
+    b, ln_norm = _sersic_constants(n)
     db_dn = (float(special.gammaincinv(2.0 * n * 1.001, 0.5)) - b) / (0.001 * n)
-    ln_norm = math.log(2.0 * math.pi * n) + float(special.gammaln(2.0 * n)) - 2.0 * n * math.log(b)
     rpow = np.exp(_LN_R / n)
     a = 2.0 * math.pi * np.exp(-b * rpow - ln_norm + _LN_R)  # 2 pi r I(r), FFTLog's input
     dln_norm = 1.0 / n + 2.0 * float(special.digamma(2.0 * n)) - 2.0 * math.log(b) - 2.0 * n * db_dn / b
@@ -513,7 +530,6 @@ class SersicFitter:
 
     def __init__(self, psf: np.ndarray) -> None:
         self.psf = psf
-        self.pad = (self.MODEL_PAD, self.MODEL_PAD)
         self.psf_radii = self._radii(psf)
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -549,12 +565,7 @@ class SersicFitter:
         on the grid whose pixel (0, 0) is image pixel (gx, gy)."""
         kx, ky, psf_ft = self._grid(shape)
         x0, y0, lre, ln, e1, e2 = (float(v) for v in p)
-        n = math.exp(ln)
-        e = max(math.hypot(e1, e2), 1e-6)
-        e_eff = min(e, 0.9)
-        q = (1.0 - e_eff) / (1.0 + e_eff)
-        phi = 0.5 * math.atan2(e2, e1)
-        c, s = math.cos(phi), math.sin(phi)
+        e, q, c, s, dq_de = _axes(e1, e2)
         # the profile is I(rho / r_e), rho^2 = q u^2 + v^2 / q along (u, v) = the axes rotated by phi;
         # its transform is T(kappa r_e), kappa^2 = k_u^2 / q + q k_v^2 (an area-preserving stretch)
         ku = c * kx + s * ky
@@ -579,7 +590,6 @@ class SersicFitter:
         np.multiply(model_ft, -1j * ky[:, :1], out=stack[2])
         np.multiply(at(np.gradient(T, _DLN)), base, out=d_lre)  # T(kappa r_e): d/dln r_e = d/dln(kappa r_e)
         np.multiply(at(dT_dlnn), base, out=stack[4])
-        dq_de = 0.0 if e > 0.9 else -2.0 / (1.0 + e_eff) ** 2
         dlnk_dq = (q * kv * kv - ku * ku / q) / (np.float32(2.0 * q) * kappa2)
         dlnk_dphi = ku * kv * np.float32(1.0 / q - q) / kappa2
         np.multiply(d_lre, dlnk_dq * np.float32(dq_de * e1 / e) - dlnk_dphi * np.float32(0.5 * e2 / e**2), out=stack[5])
@@ -588,8 +598,7 @@ class SersicFitter:
 
     def grid_shape(self, stamp_shape: tuple[int, int]) -> tuple[int, int]:
         """The model grid of a stamp: padded by MODEL_PAD on each side, to a fast FFT length."""
-        py, px = self.pad
-        return (sfft.next_fast_len(stamp_shape[0] + 2 * py, real=True), sfft.next_fast_len(stamp_shape[1] + 2 * px, real=True))
+        return tuple(sfft.next_fast_len(side + 2 * self.MODEL_PAD, real=True) for side in stamp_shape)
 
     def fit(
         self, data: np.ndarray, weight: np.ndarray, x0g: int, y0g: int, p0: np.ndarray, bounds: tuple
@@ -597,7 +606,7 @@ class SersicFitter:
         """Fit p = (x0, y0, log re, log n, e1, e2) to the stamp `data` (pixel (0, 0) = image (x0g, y0g))
         with per-pixel weights 1/sigma (0 = masked): the result (residuals and Jacobian over the
         stamp's pixels in row-major order, masked ones 0) and the flux at its x."""
-        py, px = self.pad
+        pad = self.MODEL_PAD
         sh, sw = data.shape
         shape = self.grid_shape(data.shape)
         wts = weight.astype(np.float32)
@@ -606,7 +615,7 @@ class SersicFitter:
 
         def evaluate(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             # masked pixels have weight 0: their rows of r and J are 0, which costs less than selecting
-            stack = (self.model(p, x0g - px, y0g - py, shape)[:, py : py + sh, px : px + sw] * wts).reshape(7, -1).astype(np.float64)
+            stack = (self.model(p, x0g - pad, y0g - pad, shape)[:, pad : pad + sh, pad : pad + sw] * wts).reshape(7, -1).astype(np.float64)
             m = stack[0]
             mm = float(m @ m)
             flux = float(m @ wd) / mm  # the linear parameter, solved exactly
@@ -624,16 +633,12 @@ def sersic_profile(p: np.ndarray, flux: float, xs: np.ndarray, ys: np.ndarray) -
     matters (far from the centre), what the galaxy adds to a pixel."""
     x0, y0, lre, ln, e1, e2 = (float(v) for v in p)
     n = math.exp(ln)
-    e_eff = min(max(math.hypot(e1, e2), 1e-6), 0.9)
-    q = (1.0 - e_eff) / (1.0 + e_eff)
-    phi = 0.5 * math.atan2(e2, e1)
-    c, s = math.cos(phi), math.sin(phi)
+    _, q, c, s, _ = _axes(e1, e2)
     dx, dy = xs - xs.dtype.type(x0), ys - ys.dtype.type(y0)
     u, v = dx * c + dy * s, dy * c - dx * s
     rho2 = (q * u * u + v * v / q) * math.exp(-2.0 * lre)
-    b = float(special.gammaincinv(2.0 * n, 0.5))
-    ln_norm = math.log(2.0 * math.pi * n) + float(special.gammaln(2.0 * n)) - 2.0 * n * math.log(b) + 2.0 * lre
-    return flux * np.exp(-b * rho2 ** (0.5 / n) - ln_norm)
+    b, ln_norm = _sersic_constants(n)
+    return flux * np.exp(-b * rho2 ** (0.5 / n) - ln_norm - 2.0 * lre)
 
 
 def sersic_fitter(psf: np.ndarray | None) -> SersicFitter:
