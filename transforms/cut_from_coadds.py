@@ -33,14 +33,22 @@ PATCH_BUCKETS = 8
 BAND_MISSING = "band_missing"
 
 
+def named_patch(skymap_id) -> tuple[int, int, int] | None:
+    """(tract, x, y) of the patch a catalog row's skymap_id names, None where it names none."""
+    try:
+        return patch_of(skymap_id)
+    except (TypeError, ValueError):
+        return None
+
+
 def band_requests(table: pa.Table, buckets: int = PATCH_BUCKETS) -> Iterator[tuple[str, tuple]]:
     """(patch group key, (object_id, band, ra, dec)) for every band of every row; a row whose
     skymap_id names no patch asks for nothing (the galaxy then fails with that reason)."""
     for oid, ra, dec, skymap_id in zip(*(table.column(c).to_pylist() for c in ("object_id", "ra", "dec", "skymap_id"))):
-        try:
-            tract, x, y = patch_of(skymap_id)
-        except (TypeError, ValueError):
+        patch = named_patch(skymap_id)
+        if patch is None:
             continue
+        tract, x, y = patch
         for band in BANDS:
             yield f"{FILTERS[band]}|{tract}|{x}|{y}|{oid % buckets}", (oid, band, ra, dec)
 
@@ -92,14 +100,14 @@ def _assemble(joined: tuple[int, dict]):
     bands = {band: result for band, *result in parts["bands"]}
     g = GalaxyCutouts(oid, row["ra"], row["dec"])
     problem = None
+    asked = named_patch(row.get("skymap_id")) is not None  # else band_requests asked for no band
     for band in BANDS:
         if band not in bands:
-            try:
-                patch_of(row.get("skymap_id"))
-                problem = problem or (BAND_MISSING, f"{band} band: no stamp and no failure reached this galaxy "
-                                      "(the runner lost it; a rerun cuts it again)")
-            except (TypeError, ValueError):
-                problem = problem or ("no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
+            problem = problem or (
+                (BAND_MISSING, f"{band} band: no stamp and no failure reached this galaxy (the runner lost it; a rerun "
+                               "cuts it again)")
+                if asked else ("no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
+            )
             continue
         filt, data, reason, detail = bands[band]
         if data is None:
