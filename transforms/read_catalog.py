@@ -11,8 +11,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressedFile, CompressionTypes
-from apache_beam.io.filesystem import FileMetadata
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml.catalog import CATALOG_SUFFIXES, DEFAULT_BATCH_ROWS, read_catalog, unreadable_file
@@ -130,7 +129,7 @@ class ReadCatalog(beam.PTransform):
         matched = (
             pbegin | "MatchCatalogFiles" >> fileio.MatchFiles(self.pattern)
             if files is None
-            else pbegin | "CatalogFolder" >> beam.Create([m.path for m in files]) | "MatchCatalogFiles" >> fileio.MatchAll()
+            else pbegin | "CatalogFolder" >> beam.Create(files)  # listed already, sizes and all
         )
         outputs = (
             matched
