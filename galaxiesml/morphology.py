@@ -233,15 +233,32 @@ def mirror_neighbours(sub: np.ndarray, segmap: np.ndarray, seg_id: int, x: float
     return out
 
 
+def _petrosian_steps() -> tuple[np.ndarray, ...]:
+    """SE 2.25's annuli in units of A, in float32 as SE steps them: k from 6/20 by 6/20 while 1.2k < 6;
+    (k^2, (1.2k)^2, kmea^2, kmea) with kmea = (k + 1.2k) / 2."""
+    f = np.float32
+    klim = f(SE_NSIG)
+    kstep = f(klim / f(20.0))
+    kmin, steps = kstep, []
+    while (kmax := f(kmin * f(1.2))) < klim:
+        kmea = f((kmin + kmax) / f(2.0))
+        steps.append((f(kmin * kmin), f(kmax * kmax), f(kmea * kmea), kmea))
+        kmin = f(kmin + kstep)
+    return tuple(np.array(col, dtype=f) for col in zip(*steps))
+
+
+_PETRO_STEPS = _petrosian_steps()
+
+
 def petrosian_factor(
     sub: np.ndarray, usable: np.ndarray, x: float, y: float, cxx: float, cyy: float, cxy: float
 ) -> float:
     """SE 2.25's Petrosian factor (computepetroflux, first step), in units of A.
 
-    Elliptical annuli [k, 1.2k] with k stepping by 6/20 up to 6; eta = mean surface brightness in
-    the annulus over the mean inside (k + 1.2k)/2; the first k with eta < 0.2 gives
-    PETRO_FACT x that mean radius, floored at 3.5. Pixels of other detections (`usable` False) are
-    left out, as SE blanks them. Float32 arithmetic, as SE's.
+    Elliptical annuli [k, 1.2k] (_PETRO_STEPS); eta = mean surface brightness in the annulus over
+    the mean inside (k + 1.2k)/2; the first k with eta < 0.2 gives PETRO_FACT x that mean radius,
+    floored at 3.5. Pixels of other detections (`usable` False) are left out, as SE blanks them.
+    Radii in float32, as SE's; every annulus at once, from the pixels sorted by radius.
     """
     f = np.float32
     mx, my = f(x), f(y)
@@ -258,31 +275,22 @@ def petrosian_factor(
     r2 = (cx2 * dx * dx + cy2 * dy * dy + cxy_ * dx * dy).astype(f)
     ok = usable[ymin:ymax, xmin:xmax]
     r2 = r2[ok]
-    pix = sub[ymin:ymax, xmin:xmax][ok].astype(np.float64)
-    klim = f(SE_NSIG)
-    kstep = f(klim / f(20.0))
-    kmin = kstep
-    kmea = f(0.0)
-    munum = muden = 0.0
-    areanum = areaden = 0
-    while True:
-        kmax = f(kmin * f(1.2))
-        if not kmax < klim:
-            break
-        kmea = f((kmin + kmax) / f(2.0))
-        inside = r2 <= kmax * kmax
-        num = inside & (r2 >= kmin * kmin)
-        den = inside & (r2 < kmea * kmea)
-        areanum, areaden = int(num.sum()), int(den.sum())
-        munum, muden = float(pix[num].sum()), float(pix[den].sum())
-        if areanum and areaden:
-            munum /= areanum
-            muden /= areaden
-            if munum < muden * PETRO_ETA:
-                break
-        kmin = f(kmin + kstep)
-    if areanum and areaden and munum and muden:
-        return max(PHOT_PETROPARAMS[0] * float(kmea), PHOT_PETROPARAMS[1])
+    order = np.argsort(r2)
+    r2 = r2[order]
+    cum = np.concatenate([[0.0], np.cumsum(sub[ymin:ymax, xmin:xmax][ok][order], dtype=np.float64)])
+    kmin2, kmax2, kmea2, kmea = _PETRO_STEPS
+    lo = np.searchsorted(r2, kmin2, "left")  # pixels with r2 < kmin^2
+    hi = np.searchsorted(r2, kmax2, "right")  # r2 <= kmax^2
+    mid = np.searchsorted(r2, kmea2, "left")  # r2 < kmea^2: the inner disc
+    area_num, area_den = hi - lo, mid
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu_num = (cum[hi] - cum[lo]) / area_num
+        mu_den = cum[mid] / area_den
+    measured = (area_num > 0) & (area_den > 0)
+    below = np.flatnonzero(measured & (mu_num < mu_den * PETRO_ETA))
+    j = int(below[0]) if len(below) else len(kmea) - 1  # SE keeps the last annulus when none falls below
+    if measured[j] and mu_num[j] and mu_den[j]:
+        return max(PHOT_PETROPARAMS[0] * float(kmea[j]), PHOT_PETROPARAMS[1])
     return PHOT_PETROPARAMS[1]
 
 
@@ -292,8 +300,16 @@ def _ellipse_sum(img: np.ndarray, x: float, y: float, a: float, b: float, theta:
     return float(flux[0])
 
 
-def _se_measurements(det: Detection, i: int) -> tuple[dict[str, float], np.ndarray]:
-    """The SE-defined columns of detection i, and its neighbour-corrected image."""
+class Photometry(NamedTuple):
+    """What the Sersic fit takes from the SE measurements of its detection."""
+
+    flux_auto: float
+    r50: float  # radii holding 50% and 90% of flux_auto (on the neighbour-corrected image)
+    r90: float
+
+
+def _se_measurements(det: Detection, i: int) -> tuple[dict[str, float], Photometry]:
+    """The SE-defined columns of detection i, and its photometry for the Sersic fit."""
     o = det.objects[i]
     seg_id = i + 1
     x, y, a, b = float(o["x"]), float(o["y"]), float(o["a"]), float(o["b"])
@@ -310,8 +326,10 @@ def _se_measurements(det: Detection, i: int) -> tuple[dict[str, float], np.ndarr
     flux_auto = _ellipse_sum(corrected, x, y, a, b, theta, kron)
 
     rlim = SE_NSIG * a
-    hlr, _ = sep.flux_radius(corrected, _arr(x), _arr(y), _arr(rlim), PHOT_FLUXFRAC, normflux=_arr(flux_auto), subpix=5)
-    hlr = float(min(hlr[0], rlim))
+    radii, _ = sep.flux_radius(
+        corrected, _arr(x), _arr(y), _arr(rlim), np.array([PHOT_FLUXFRAC, 0.9]), normflux=_arr(flux_auto), subpix=5
+    )
+    r50, r90 = float(radii[0][0]), float(radii[0][1])
 
     petro = petrosian_factor(det.sub, usable, x, y, float(o["cxx"]), float(o["cyy"]), float(o["cxy"]))
     if _ellipse_sum(corrected, x, y, a, b, theta, petro) <= 0.0:
@@ -319,16 +337,15 @@ def _se_measurements(det: Detection, i: int) -> tuple[dict[str, float], np.ndarr
     peak = float(o["peak"])
     values = {
         "ellipticity": 1.0 - b / a,
-        "half_light_radius": hlr,
+        "half_light_radius": min(r50, rlim),
         "isophotal_area": float(o["tnpix"]),
         "major_axis": a,
         "minor_axis": b,
         "peak_surface_brightness": MAG_ZEROPOINT - 2.5 * math.log10(peak / PIXEL_SCALE**2) if peak > 0 else math.nan,
         "petro_rad": petro,
         "pos_angle": math.degrees(float(o["theta"])),
-        "flux_auto": flux_auto,
     }
-    return values, corrected
+    return values, Photometry(flux_auto, r50, r90)
 
 
 # --- Sersic fit ------------------------------------------------------------------------------------
@@ -487,25 +504,60 @@ _LN_N_NODES = np.linspace(math.log(SERSIC_N_BOUNDS[0]), math.log(SERSIC_N_BOUNDS
 
 
 @lru_cache(maxsize=1)
-def _transform_table() -> tuple[np.ndarray, np.ndarray]:
-    """sersic_transform at every _LN_N_NODES (~15 ms, once per process)."""
+def _transform_table() -> np.ndarray:
+    """sersic_transform at every _LN_N_NODES (~15 ms, once per process), laid out for interpolation:
+    for each pair of neighbouring nodes j, j + 1 the rows (T_j, h S_j, T_j+1, h S_j+1), S = dT/dln n
+    and h the nodes' step, each followed by its gradient in ln k: (nodes - 1, 4, 2 * _HANKEL_POINTS)."""
+    h = float(_LN_N_NODES[1] - _LN_N_NODES[0])
     rows = [sersic_transform(math.exp(v)) for v in _LN_N_NODES]
-    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+    values = np.stack([r[0] for r in rows])
+    slopes = h * np.stack([r[1] for r in rows])
+    values = np.concatenate([values, np.gradient(values, _DLN, axis=1)], axis=1)
+    slopes = np.concatenate([slopes, np.gradient(slopes, _DLN, axis=1)], axis=1)
+    return np.stack([values[:-1], slopes[:-1], values[1:], slopes[1:]], axis=1)
 
 
-def interpolated_transform(ln_n: float) -> tuple[np.ndarray, np.ndarray]:
-    """sersic_transform(exp(ln_n)) by cubic Hermite interpolation between the table's nodes, and the
-    interpolant's own derivative in ln n (so the fit's Jacobian is that of the model it evaluates)."""
-    values, slopes = _transform_table()
+def _hermite(ln_n: float) -> np.ndarray:
+    """Cubic Hermite interpolation in ln n between the table's nodes: (2, 2 * _HANKEL_POINTS), the
+    value (T, then dT/dln k) and the interpolant's own derivative in ln n (so the fit's Jacobian is
+    that of the model it evaluates), from one (2 x 4) product with the bracketing nodes' rows."""
     h = float(_LN_N_NODES[1] - _LN_N_NODES[0])
     u = min(max((ln_n - _LN_N_NODES[0]) / h, 0.0), len(_LN_N_NODES) - 1.000001)
     j = int(u)
     s = u - j
     s2, s3 = s * s, s * s * s
-    t0, t1, d0, d1 = values[j], values[j + 1], slopes[j] * h, slopes[j + 1] * h
-    value = (2 * s3 - 3 * s2 + 1) * t0 + (s3 - 2 * s2 + s) * d0 + (3 * s2 - 2 * s3) * t1 + (s3 - s2) * d1
-    slope = ((6 * s2 - 6 * s) * (t0 - t1) + (3 * s2 - 4 * s + 1) * d0 + (3 * s2 - 2 * s) * d1) / h
-    return value, slope
+    weights = np.array(
+        [
+            [2 * s3 - 3 * s2 + 1, s3 - 2 * s2 + s, 3 * s2 - 2 * s3, s3 - s2],
+            [(6 * s2 - 6 * s) / h, (3 * s2 - 4 * s + 1) / h, (6 * s - 6 * s2) / h, (3 * s2 - 2 * s) / h],
+        ]
+    )
+    return weights @ _transform_table()[j]
+
+
+def interpolated_transform(ln_n: float) -> tuple[np.ndarray, np.ndarray]:
+    """sersic_transform(exp(ln_n)) from the table: (T, dT/dln n) on _LN_K."""
+    both = _hermite(ln_n)
+    return both[0, :_HANKEL_POINTS], both[1, :_HANKEL_POINTS]
+
+
+def _ln_k_tables(ln_n: float) -> tuple[np.ndarray, np.ndarray]:
+    """(T, dT/dln k, dT/dln n) on _LN_K at n = exp(ln_n), float32, and each row's step to the next
+    point (0 after the last): what linear interpolation in ln k needs."""
+    rows = _hermite(ln_n).reshape(4, _HANKEL_POINTS)[:3].astype(np.float32)
+    return rows, np.diff(rows, axis=1, append=rows[:, -1:])
+
+
+class _Grid(NamedTuple):
+    """A model grid's rfft2 wavenumbers (kx a row, ky a column), (kx^2, ky^2, kx ky) flattened,
+    -i kx and -i ky (the centre's derivatives), and the PSF's DFT."""
+
+    kx: np.ndarray
+    ky: np.ndarray
+    quad: np.ndarray
+    minus_ikx: np.ndarray
+    minus_iky: np.ndarray
+    psf_ft: np.ndarray
 
 
 class SersicFitter:
@@ -531,7 +583,7 @@ class SersicFitter:
     def __init__(self, psf: np.ndarray) -> None:
         self.psf = psf
         self.psf_radii = self._radii(psf)
-        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._grids: dict[tuple[int, int], _Grid] = {}
 
     @staticmethod
     def _radii(img: np.ndarray) -> tuple[float, float]:
@@ -540,8 +592,8 @@ class SersicFitter:
         r, _ = sep.flux_radius(np.ascontiguousarray(img), _arr(cx), _arr(cy), _arr(cx), np.array([0.5, 0.9]), subpix=5)
         return float(r[0][0]), float(r[0][1])
 
-    def _grid(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(kx, ky, PSF DFT) on the rfft2 grid of `shape`, computed once per shape."""
+    def _grid(self, shape: tuple[int, int]) -> "_Grid":
+        """The rfft2 grid of `shape` (wavenumbers, their products, the PSF's DFT), computed once per shape."""
         grid = self._grids.get(shape)
         if grid is None:
             k = np.zeros(shape)
@@ -551,50 +603,63 @@ class SersicFitter:
             k = np.roll(k, (-(ph // 2), -(pw // 2)), axis=(0, 1))
             ky = 2.0 * np.pi * sfft.fftfreq(shape[0])[:, None]
             kx = 2.0 * np.pi * sfft.rfftfreq(shape[1])[None, :]
-            full = (shape[0], kx.shape[1])
-            grid = (
-                np.broadcast_to(kx, full).astype(np.float32),
-                np.broadcast_to(ky, full).astype(np.float32),
-                sfft.rfft2(k / k.sum()).astype(np.complex64),
-            )  # kx, ky and the PSF's DFT on the full half-plane grid
+            kx_full, ky_full = np.broadcast_arrays(kx, ky)
+            grid = _Grid(
+                kx=kx,
+                ky=ky,
+                quad=np.stack([kx_full**2, ky_full**2, kx_full * ky_full]).reshape(3, -1).astype(np.float32),
+                minus_ikx=(-1j * kx).astype(np.complex64),
+                minus_iky=(-1j * ky).astype(np.complex64),
+                psf_ft=sfft.rfft2(k / k.sum()).astype(np.complex64),
+            )
             self._grids[shape] = grid
         return grid
 
-    def model(self, p: np.ndarray, gx: int, gy: int, shape: tuple[int, int]) -> np.ndarray:
+    def model(self, p: np.ndarray, gx: int, gy: int, shape: tuple[int, int], rows: slice = slice(None)) -> np.ndarray:
         """Convolved unit-flux model and its derivatives d/d(x0, y0, lre, ln, e1, e2): (7, *shape),
-        on the grid whose pixel (0, 0) is image pixel (gx, gy)."""
-        kx, ky, psf_ft = self._grid(shape)
+        on the grid whose pixel (0, 0) is image pixel (gx, gy); only the grid's `rows` if given (the
+        inverse FFT's second pass then runs on those alone)."""
+        g = self._grid(shape)
         x0, y0, lre, ln, e1, e2 = (float(v) for v in p)
         e, q, c, s, dq_de = _axes(e1, e2)
-        # the profile is I(rho / r_e), rho^2 = q u^2 + v^2 / q along (u, v) = the axes rotated by phi;
-        # its transform is T(kappa r_e), kappa^2 = k_u^2 / q + q k_v^2 (an area-preserving stretch)
-        ku = c * kx + s * ky
-        kv = c * ky - s * kx
-        kappa2 = np.maximum(ku * ku / q + q * kv * kv, np.float32(1e-30))
-        t = np.clip((np.float32(0.5) * np.log(kappa2) + np.float32(lre - _LN_K[0])) / np.float32(_DLN), 0, _HANKEL_POINTS - 2)
+        # The profile is I(rho / r_e), rho^2 = q u^2 + v^2 / q along (u, v) = the axes rotated by phi;
+        # its transform is T(kappa r_e), kappa^2 = k_u^2 / q + q k_v^2 (an area-preserving stretch).
+        # kappa^2 and the numerators of its derivatives in e1, e2 are quadratic forms in (kx, ky):
+        # one 3x3 product with the grid's (kx^2, ky^2, kx ky).
+        ku2 = np.array([c * c, s * s, 2 * c * s])  # coefficients of k_u^2
+        kv2 = np.array([s * s, c * c, -2 * c * s])
+        kukv = np.array([-c * s, c * s, c * c - s * s])
+        dlnk_dq = (q * kv2 - ku2 / q) / (2.0 * q)  # times 1 / kappa^2
+        dlnk_dphi = (1.0 / q - q) * kukv
+        coeffs = np.stack(
+            [
+                ku2 / q + q * kv2,
+                dlnk_dq * (dq_de * e1 / e) - dlnk_dphi * (0.5 * e2 / e**2),
+                dlnk_dq * (dq_de * e2 / e) + dlnk_dphi * (0.5 * e1 / e**2),
+            ]
+        ).astype(np.float32)
+        forms = (coeffs @ g.quad).reshape(3, *g.psf_ft.shape)
+        kappa2 = np.maximum(forms[0], np.float32(1e-30))
+        t = np.log(kappa2)
+        t *= np.float32(0.5 / _DLN)
+        t += np.float32((lre - _LN_K[0]) / _DLN)
+        np.clip(t, 0, _HANKEL_POINTS - 2, out=t)
         i = t.astype(np.intp)
-        w = t - np.floor(t)
-        T, dT_dlnn = interpolated_transform(ln)
-        phase_y = np.exp(-1j * (y0 - gy) * ky[:, :1]).astype(np.complex64)
-        phase_x = np.exp(-1j * (x0 - gx) * kx[:1, :]).astype(np.complex64)
-        base = psf_ft * phase_y * phase_x
-
-        def at(table: np.ndarray) -> np.ndarray:  # linear interpolation in ln k
-            table = table.astype(np.float32)
-            return table[i] + np.diff(table, append=table[-1])[i] * w
-
+        t -= i  # the weight of the upper node: linear interpolation in ln k
+        values, steps = _ln_k_tables(ln)
+        tv = np.take(values, i, axis=1)
+        tv += np.take(steps, i, axis=1) * t  # (T, dT/dln k, dT/dln n) at kappa r_e
+        base = g.psf_ft * np.exp(-1j * (y0 - gy) * g.ky).astype(np.complex64)  # the centre's phase
+        base *= np.exp(-1j * (x0 - gx) * g.kx).astype(np.complex64)
         stack = np.empty((7, *base.shape), dtype=np.complex64)
-        model_ft, d_lre = stack[0], stack[3]
-        np.multiply(at(T), base, out=model_ft)
-        np.multiply(model_ft, -1j * kx[:1, :], out=stack[1])
-        np.multiply(model_ft, -1j * ky[:, :1], out=stack[2])
-        np.multiply(at(np.gradient(T, _DLN)), base, out=d_lre)  # T(kappa r_e): d/dln r_e = d/dln(kappa r_e)
-        np.multiply(at(dT_dlnn), base, out=stack[4])
-        dlnk_dq = (q * kv * kv - ku * ku / q) / (np.float32(2.0 * q) * kappa2)
-        dlnk_dphi = ku * kv * np.float32(1.0 / q - q) / kappa2
-        np.multiply(d_lre, dlnk_dq * np.float32(dq_de * e1 / e) - dlnk_dphi * np.float32(0.5 * e2 / e**2), out=stack[5])
-        np.multiply(d_lre, dlnk_dq * np.float32(dq_de * e2 / e) + dlnk_dphi * np.float32(0.5 * e1 / e**2), out=stack[6])
-        return sfft.irfft2(stack, s=shape, axes=(1, 2))
+        np.multiply(tv[0], base, out=stack[0])
+        np.multiply(stack[0], g.minus_ikx, out=stack[1])
+        np.multiply(stack[0], g.minus_iky, out=stack[2])
+        np.multiply(tv[1], base, out=stack[3])  # T(kappa r_e): d/dln r_e = d/dln(kappa r_e)
+        np.multiply(tv[2], base, out=stack[4])
+        np.multiply(stack[3], forms[1] / kappa2, out=stack[5])
+        np.multiply(stack[3], forms[2] / kappa2, out=stack[6])
+        return sfft.irfft(sfft.ifft(stack, axis=1, overwrite_x=True)[:, rows], n=shape[1], axis=2)
 
     def grid_shape(self, stamp_shape: tuple[int, int]) -> tuple[int, int]:
         """The model grid of a stamp: padded by MODEL_PAD on each side, to a fast FFT length."""
@@ -615,14 +680,15 @@ class SersicFitter:
 
         def evaluate(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             # masked pixels have weight 0: their rows of r and J are 0, which costs less than selecting
-            stack = (self.model(p, x0g - pad, y0g - pad, shape)[:, pad : pad + sh, pad : pad + sw] * wts).reshape(7, -1).astype(np.float64)
-            m = stack[0]
+            planes = self.model(p, x0g - pad, y0g - pad, shape, rows=slice(pad, pad + sh))[:, :, pad : pad + sw]
+            stack = (planes * wts).reshape(7, -1).astype(np.float64)
+            m, d = stack[0], stack[1:]
             mm = float(m @ m)
             flux = float(m @ wd) / mm  # the linear parameter, solved exactly
             fluxes[p.tobytes()] = flux
-            jac = flux * stack[1:].T
-            jac -= np.outer(m, (m @ jac) / mm)  # Kaufman's variable-projection Jacobian
-            return flux * m - wd, jac
+            jac = d - np.outer(d @ m / mm, m)  # Kaufman's variable-projection Jacobian, over flux
+            jac *= flux
+            return flux * m - wd, jac.T
 
         res = levenberg_marquardt(evaluate, p0, bounds[0], bounds[1], self.XTOL)
         return res, fluxes[res.x.tobytes()]
@@ -653,19 +719,14 @@ def _cached_fitter(shape: tuple[int, int], data: bytes) -> SersicFitter:
     return SersicFitter(np.frombuffer(data).reshape(shape).copy())  # sep needs a writable array
 
 
-def fit_sersic_index(
-    det: Detection, i: int, corrected: np.ndarray, flux_auto: float, fitter: SersicFitter
-) -> tuple[float, bool, bool]:
+def fit_sersic_index(det: Detection, i: int, phot: Photometry, fitter: SersicFitter) -> tuple[float, bool, bool]:
     """Sersic index of detection i: (n, at_bound, failed). On failure n is the concentration estimate."""
     o = det.objects[i]
     x, y, a, b = float(o["x"]), float(o["y"]), float(o["a"]), float(o["b"])
     seg_id = i + 1
-    r, _ = sep.flux_radius(
-        corrected, _arr(x), _arr(y), _arr(SE_NSIG * a), np.array([0.5, 0.9]), normflux=_arr(flux_auto), subpix=5
-    )
-    r50, r90 = float(r[0][0]), float(r[0][1])
+    r50 = phot.r50
     p50, p90 = fitter.psf_radii
-    n_conc = concentration_index(r50, r90, p50, p90) if (flux_auto > 0 and r50 > 0) else 1.0
+    n_conc = concentration_index(r50, phot.r90, p50, p90) if (phot.flux_auto > 0 and r50 > 0) else 1.0
     try:
         half = int(min(5 * a + 6, MAX_STAMP_HALF))
         h, w = det.shape
@@ -692,20 +753,22 @@ def fit_sersic_index(
         # a high-n galaxy (an n = 4 profile keeps ~15% of its light beyond 5 r_e). So the fitted
         # galaxy's light is taken out of those pixels, the sky read again, and the fit moved to the
         # new sky by one Gauss-Newton step from its Jacobian (the sky moves by a fraction of the noise).
-        far = det.far_pixels()
-        crowded = np.count_nonzero(far) < 100  # or mostly padded: then SE's background
-        sky_pixels = det.data[far]
+        fy, fx = np.nonzero(det.far_pixels())
+        crowded = len(fy) < 100  # or mostly padded: then SE's background
+        sky_pixels = det.data[fy, fx]
         # the first reading only starts the fit, and every fourth pixel is enough for that
         sky = float(np.median(det.data - det.sub)) if crowded else float(np.median(sky_pixels[::4]))
         res, flux = fitter.fit(raw - sky, weight, x0g, y0g, p0, (lo, hi))
         x_fit = res.x
         if not crowded:
-            fy, fx = np.nonzero(far)
             galaxy = sersic_profile(res.x, flux, fx.astype(np.float32), fy.astype(np.float32))
             shift = float(np.median(sky_pixels - galaxy)) - sky
-            jac = res.jac
-            r = res.residual + shift * weight.ravel()
-            x_fit = np.clip(res.x - np.linalg.lstsq(jac.T @ jac, jac.T @ r, rcond=None)[0], lo, hi)
+            jtj, jtr = res.jac.T @ res.jac, res.jac.T @ (res.residual + shift * weight.ravel())
+            try:
+                step = np.linalg.solve(jtj, jtr)
+            except np.linalg.LinAlgError:
+                step = np.linalg.lstsq(jtj, jtr, rcond=None)[0]
+            x_fit = np.clip(res.x - step, lo, hi)
         n = math.exp(x_fit[3])
         if not (res.converged and math.isfinite(n)):
             return n_conc, False, True
@@ -738,12 +801,11 @@ def measure_band(image: np.ndarray, psf: np.ndarray | None, *, fit_sersic: bool 
             row["no_detection"] = True
             return row
         i = int(np.argmin(dist))
-        values, corrected = _se_measurements(det, i)
-        flux_auto = values.pop("flux_auto")
+        values, phot = _se_measurements(det, i)
         row.update(values)
         row["blended_centre"] = bool(det.objects[i]["flag"] & sep.OBJ_MERGED)
         if fit_sersic:
-            n, at_bound, failed = fit_sersic_index(det, i, corrected, flux_auto, sersic_fitter(psf))
+            n, at_bound, failed = fit_sersic_index(det, i, phot, sersic_fitter(psf))
             row.update(sersic_index=n, sersic_at_bound=at_bound, sersic_failed=failed)
         expected = [c for c in MEASUREMENT_COLUMNS if fit_sersic or c != "sersic_index"]
         if not all(math.isfinite(row[c]) for c in expected):
