@@ -507,20 +507,23 @@ _LN_N_NODES = np.linspace(math.log(SERSIC_N_BOUNDS[0]), math.log(SERSIC_N_BOUNDS
 def _transform_table() -> np.ndarray:
     """sersic_transform at every _LN_N_NODES (~15 ms, once per process), laid out for interpolation:
     for each pair of neighbouring nodes j, j + 1 the rows (T_j, h S_j, T_j+1, h S_j+1), S = dT/dln n
-    and h the nodes' step, each followed by its gradient in ln k: (nodes - 1, 4, 2 * _HANKEL_POINTS)."""
+    and h the nodes' step, each row the four blocks (value, its gradient in ln k, and the steps of
+    both to the next point in ln k): float32, (nodes - 1, 4, 4 * _HANKEL_POINTS)."""
     h = float(_LN_N_NODES[1] - _LN_N_NODES[0])
     rows = [sersic_transform(math.exp(v)) for v in _LN_N_NODES]
-    values = np.stack([r[0] for r in rows])
-    slopes = h * np.stack([r[1] for r in rows])
-    values = np.concatenate([values, np.gradient(values, _DLN, axis=1)], axis=1)
-    slopes = np.concatenate([slopes, np.gradient(slopes, _DLN, axis=1)], axis=1)
-    return np.stack([values[:-1], slopes[:-1], values[1:], slopes[1:]], axis=1)
+
+    def blocks(a: np.ndarray) -> np.ndarray:
+        a = np.concatenate([a, np.gradient(a, _DLN, axis=1)], axis=1).reshape(len(a), 2, -1)
+        return np.concatenate([a, np.diff(a, axis=2, append=a[:, :, -1:])], axis=1).reshape(len(a), -1)
+
+    values, slopes = blocks(np.stack([r[0] for r in rows])), blocks(h * np.stack([r[1] for r in rows]))
+    return np.stack([values[:-1], slopes[:-1], values[1:], slopes[1:]], axis=1).astype(np.float32)
 
 
 def _hermite(ln_n: float) -> np.ndarray:
-    """Cubic Hermite interpolation in ln n between the table's nodes: (2, 2 * _HANKEL_POINTS), the
-    value (T, then dT/dln k) and the interpolant's own derivative in ln n (so the fit's Jacobian is
-    that of the model it evaluates), from one (2 x 4) product with the bracketing nodes' rows."""
+    """Cubic Hermite interpolation in ln n between the table's nodes: (2, 4, _HANKEL_POINTS), the
+    value and the interpolant's own derivative in ln n (so the fit's Jacobian is that of the model
+    it evaluates), each of (T, dT/dln k, their steps in ln k), from one (2 x 4) product."""
     h = float(_LN_N_NODES[1] - _LN_N_NODES[0])
     u = min(max((ln_n - _LN_N_NODES[0]) / h, 0.0), len(_LN_N_NODES) - 1.000001)
     j = int(u)
@@ -530,22 +533,23 @@ def _hermite(ln_n: float) -> np.ndarray:
         [
             [2 * s3 - 3 * s2 + 1, s3 - 2 * s2 + s, 3 * s2 - 2 * s3, s3 - s2],
             [(6 * s2 - 6 * s) / h, (3 * s2 - 4 * s + 1) / h, (6 * s - 6 * s2) / h, (3 * s2 - 2 * s) / h],
-        ]
+        ],
+        dtype=np.float32,
     )
-    return weights @ _transform_table()[j]
+    return (weights @ _transform_table()[j]).reshape(2, 4, _HANKEL_POINTS)
 
 
 def interpolated_transform(ln_n: float) -> tuple[np.ndarray, np.ndarray]:
     """sersic_transform(exp(ln_n)) from the table: (T, dT/dln n) on _LN_K."""
     both = _hermite(ln_n)
-    return both[0, :_HANKEL_POINTS], both[1, :_HANKEL_POINTS]
+    return both[0, 0], both[1, 0]
 
 
 def _ln_k_tables(ln_n: float) -> tuple[np.ndarray, np.ndarray]:
-    """(T, dT/dln k, dT/dln n) on _LN_K at n = exp(ln_n), float32, and each row's step to the next
-    point (0 after the last): what linear interpolation in ln k needs."""
-    rows = _hermite(ln_n).reshape(4, _HANKEL_POINTS)[:3].astype(np.float32)
-    return rows, np.diff(rows, axis=1, append=rows[:, -1:])
+    """(T, dT/dln k, dT/dln n) on _LN_K at n = exp(ln_n), and each row's step to the next point (0
+    after the last): what linear interpolation in ln k needs."""
+    both = _hermite(ln_n)
+    return both[[0, 0, 1], [0, 1, 0]], both[[0, 0, 1], [2, 3, 2]]
 
 
 class _Grid(NamedTuple):
@@ -605,8 +609,8 @@ class SersicFitter:
             kx = 2.0 * np.pi * sfft.rfftfreq(shape[1])[None, :]
             kx_full, ky_full = np.broadcast_arrays(kx, ky)
             grid = _Grid(
-                kx=kx,
-                ky=ky,
+                kx=kx.astype(np.float32),
+                ky=ky.astype(np.float32),
                 quad=np.stack([kx_full**2, ky_full**2, kx_full * ky_full]).reshape(3, -1).astype(np.float32),
                 minus_ikx=(-1j * kx).astype(np.complex64),
                 minus_iky=(-1j * ky).astype(np.complex64),
@@ -626,18 +630,19 @@ class SersicFitter:
         # its transform is T(kappa r_e), kappa^2 = k_u^2 / q + q k_v^2 (an area-preserving stretch).
         # kappa^2 and the numerators of its derivatives in e1, e2 are quadratic forms in (kx, ky):
         # one 3x3 product with the grid's (kx^2, ky^2, kx ky).
-        ku2 = np.array([c * c, s * s, 2 * c * s])  # coefficients of k_u^2
-        kv2 = np.array([s * s, c * c, -2 * c * s])
-        kukv = np.array([-c * s, c * s, c * c - s * s])
-        dlnk_dq = (q * kv2 - ku2 / q) / (2.0 * q)  # times 1 / kappa^2
-        dlnk_dphi = (1.0 / q - q) * kukv
-        coeffs = np.stack(
+        cc, ss, cs = c * c, s * s, c * s
+        ku2, kv2, kukv = (cc, ss, 2 * cs), (ss, cc, -2 * cs), (-cs, cs, cc - ss)  # k_u^2, k_v^2, k_u k_v
+        dq = [(q * v - u / q) / (2.0 * q) for u, v in zip(ku2, kv2)]  # kappa^2 dln kappa / dq
+        dphi = [(1.0 / q - q) * w for w in kukv]  # kappa^2 dln kappa / dphi
+        a1, b1, a2, b2 = dq_de * e1 / e, -0.5 * e2 / e**2, dq_de * e2 / e, 0.5 * e1 / e**2  # dq, dphi / de1, de2
+        coeffs = np.array(
             [
-                ku2 / q + q * kv2,
-                dlnk_dq * (dq_de * e1 / e) - dlnk_dphi * (0.5 * e2 / e**2),
-                dlnk_dq * (dq_de * e2 / e) + dlnk_dphi * (0.5 * e1 / e**2),
-            ]
-        ).astype(np.float32)
+                [u / q + q * v for u, v in zip(ku2, kv2)],
+                [a1 * x + b1 * y for x, y in zip(dq, dphi)],
+                [a2 * x + b2 * y for x, y in zip(dq, dphi)],
+            ],
+            dtype=np.float32,
+        )
         forms = (coeffs @ g.quad).reshape(3, *g.psf_ft.shape)
         kappa2 = np.maximum(forms[0], np.float32(1e-30))
         t = np.log(kappa2)
@@ -649,8 +654,8 @@ class SersicFitter:
         values, steps = _ln_k_tables(ln)
         tv = np.take(values, i, axis=1)
         tv += np.take(steps, i, axis=1) * t  # (T, dT/dln k, dT/dln n) at kappa r_e
-        base = g.psf_ft * np.exp(-1j * (y0 - gy) * g.ky).astype(np.complex64)  # the centre's phase
-        base *= np.exp(-1j * (x0 - gx) * g.kx).astype(np.complex64)
+        base = g.psf_ft * np.exp(-1j * (y0 - gy) * g.ky)  # the centre's phase (complex64: kx, ky are float32)
+        base *= np.exp(-1j * (x0 - gx) * g.kx)
         stack = np.empty((7, *base.shape), dtype=np.complex64)
         np.multiply(tv[0], base, out=stack[0])
         np.multiply(stack[0], g.minus_ikx, out=stack[1])
