@@ -150,6 +150,14 @@ def _arr(v: float) -> np.ndarray:
     return np.array([v], dtype=np.float64)
 
 
+def _median(values: np.ndarray) -> float:
+    """np.median of a 1-D array, the same value, by one partition: np.median partitions about both
+    middle elements, ~8x slower on the ~10,000 sky pixels of a band (a tenth of the Sersic fit)."""
+    k = len(values) // 2
+    part = np.partition(values, k)
+    return float(part[k] if len(values) % 2 else (part[:k].max() + part[k]) / 2)
+
+
 # --- detection and SE-like measurements ------------------------------------------------------------
 def _constant_background(values: np.ndarray) -> tuple[float, float]:
     """SE's background estimator on one mesh: 3-sigma clipped statistics, mode = 2.5 median -
@@ -762,12 +770,12 @@ def fit_sersic_index(det: Detection, i: int, phot: Photometry, fitter: SersicFit
         crowded = len(fy) < 100  # or mostly padded: then SE's background
         sky_pixels = det.data[fy, fx]
         # the first reading only starts the fit, and every fourth pixel is enough for that
-        sky = float(np.median(det.data - det.sub)) if crowded else float(np.median(sky_pixels[::4]))
+        sky = _median((det.data - det.sub).ravel()) if crowded else _median(sky_pixels[::4])
         res, flux = fitter.fit(raw - sky, weight, x0g, y0g, p0, (lo, hi))
         x_fit = res.x
         if not crowded:
             galaxy = sersic_profile(res.x, flux, fx.astype(np.float32), fy.astype(np.float32))
-            shift = float(np.median(sky_pixels - galaxy)) - sky
+            shift = _median(sky_pixels - galaxy) - sky
             jtj, jtr = res.jac.T @ res.jac, res.jac.T @ (res.residual + shift * weight.ravel())
             try:
                 step = np.linalg.solve(jtj, jtr)

@@ -322,3 +322,11 @@ def test_interpolated_transform_is_the_exact_one_between_the_tables_nodes():
         value, slope = M.interpolated_transform(np.log(n))
         assert np.abs(value - exact).max() <= 1e-6, n
         assert np.abs(slope - d_exact).max() <= 3e-3 * np.abs(d_exact).max(), n  # 1.9e-3 at worst on a dense scan
+
+
+def test_median_is_numpys_for_odd_and_even_counts_in_both_precisions():
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 3, 10, 11, 9621, 9622):
+        for dtype in (np.float32, np.float64):
+            values = (rng.standard_normal(n) * rng.uniform(0.1, 1000)).astype(dtype)
+            assert M._median(values) == float(np.median(values)), (n, dtype)
