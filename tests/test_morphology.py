@@ -330,3 +330,29 @@ def test_median_is_numpys_for_odd_and_even_counts_in_both_precisions():
         for dtype in (np.float32, np.float64):
             values = (rng.standard_normal(n) * rng.uniform(0.1, 1000)).astype(dtype)
             assert M._median(values) == float(np.median(values)), (n, dtype)
+
+
+def test_a_pixel_stack_the_size_of_the_image_finds_what_ses_300000_finds_and_is_given_back():
+    """_extract sizes sep's pixel stack to the image (linking SE's 300,000 entries cost as much as the
+    extraction): on an image nearly all above threshold, where the stack fills to the image's size,
+    the catalogue and segmentation map are those of SE's stack, and the process-wide setting is restored."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:127, :127]
+    image = 50.0 * np.exp(-((xx - 63.0) ** 2 + (yy - 60.0) ** 2) / (2 * 60.0**2)) + rng.normal(0, 1, (127, 127))
+    image[10:20, 100:110] += 30.0  # a second source, for the deblender
+    sub = (image - 0.0).astype(np.float32)
+    before = M.sep.get_extract_pixstack()
+    objects, segmap = M._extract(sub, 1.0)
+    assert M.sep.get_extract_pixstack() == before
+    assert np.count_nonzero(segmap) == segmap.size  # every pixel above threshold: the stack is full
+    M.sep.set_extract_pixstack(M.MEMORY_PIXSTACK)
+    try:
+        ref_objects, ref_segmap = M.sep.extract(
+            sub, M.DETECT_THRESH, err=1.0, minarea=M.DETECT_MINAREA, filter_kernel=M.SE_FILTER, filter_type="conv",
+            deblend_nthresh=M.DEBLEND_NTHRESH, deblend_cont=M.DEBLEND_MINCONT, clean=True, clean_param=M.CLEAN_PARAM,
+            segmentation_map=True,
+        )
+    finally:
+        M.sep.set_extract_pixstack(before)
+    assert np.array_equal(segmap, ref_segmap)
+    assert objects.tobytes() == ref_objects.tobytes()
