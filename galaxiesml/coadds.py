@@ -9,9 +9,10 @@ changes no cost.
 
 `PatchFile` reads a file's headers once, then, for any number of stamps, only the rows they span
 (one read per run of overlapping rows), from a seekable binary stream: a local file, or Beam's
-FileSystems.open on gs:// or s3://. A stamp comes out as the FITS bytes the cutout service gives
-(the same box, the same planes, the WCS moved with it), so both sources go through the same
-decoding (galaxiesml.cutouts.decode_band).
+FileSystems.open on gs:// or s3://. A build takes a stamp's pixels as they are (placed on the
+grid by galaxiesml.cutouts.place_stamp, as a service cutout is); `stamp_fits` writes the FITS file
+the cutout service gives for the same box (the same planes, the WCS moved with it), which is what
+the service stand-in serving a mirror sends.
 """
 from __future__ import annotations
 
@@ -125,7 +126,12 @@ class PatchFile:
     ) -> tuple[int, int, int, int] | None:
         """The box (x0, x1, y0, y1) the service would cut around (ra, dec), trimmed at the file's
         edges; None when the position is not on this file."""
-        x, y = self.pixel(ra, dec)
+        return self.box_at(*self.pixel(ra, dec), half_width, rounding)
+
+    def box_at(
+        self, x: float, y: float, half_width: float, rounding: Rounding = "floor"
+    ) -> tuple[int, int, int, int] | None:
+        """box() of the file's pixel (x, y)."""
         ny, nx = self.shape
         if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
             return None

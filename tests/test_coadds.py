@@ -7,7 +7,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml.coadds import PatchFile, PatchKey, patch_of
-from galaxiesml.cutouts import decode_band
+from galaxiesml.cutouts import Stamp, decode_band, place_stamp
 from galaxiesml.hsc.format import FILTERS, PAPER_HALF_WIDTH, cutout_pixels
 from galaxiesml.sky import make_sky
 from galaxiesml.standins.mirror import MirrorSky
@@ -61,6 +61,8 @@ def test_stamps_from_the_mirror_are_the_services_pixels_read_row_by_row(mirror, 
                 assert box is not None
                 (pixels,) = patch.stamps([box])
                 data = patch.stamp_fits(box, pixels)
+                x, y = patch.pixel(t["ra"], t["dec"])
+                as_built = place_stamp(Stamp(pixels, x - box[0], y - box[2]))  # a build's way: no FITS file
                 # only the rows of the stamp were read, beyond the headers
                 row_bytes = patch.shape[1] * (4 + 4 + 4)
                 headers = 4 * 2880 * 4  # generous: four headers of a few blocks
@@ -72,6 +74,8 @@ def test_stamps_from_the_mirror_are_the_services_pixels_read_row_by_row(mirror, 
             np.testing.assert_allclose(mine["image"], theirs["image"], rtol=0, atol=1e-5)
             np.testing.assert_array_equal(mine["mask"], theirs["mask"])
             np.testing.assert_array_equal(mine["variance"], theirs["variance"])
+            for plane in ("image", "flags", "mask", "variance"):
+                np.testing.assert_array_equal(as_built[plane], mine[plane])
             checked += 1
     assert checked == 24
 

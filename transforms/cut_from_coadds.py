@@ -6,9 +6,11 @@ skymap_id; galaxiesml.coadds) and a bucket of its object_id, so that a crowded p
 field holds thousands of spec-z galaxies in a few) is cut by several workers. A GroupByKey brings
 a group to one worker, which reads the file's headers and then only the rows its stamps span,
 through Beam's filesystems (local, gs://, s3://): the mirror is never listed, and memory is one
-group's rows of one patch. The bands then meet again per galaxy, with its catalog row (a
-CoGroupByKey on object_id), and are decoded and stacked as service cutouts are: the outputs are
-FetchCutouts' ({"galaxies": records, "failed": records}).
+group's rows of one patch. A stamp travels as its pixels and the galaxy's position in them (from
+the patch's WCS): no FITS file is written to be read again. The bands then meet again per galaxy,
+with its catalog row (a CoGroupByKey on object_id), and are placed on the grid and stacked as
+service cutouts are (galaxiesml.cutouts.stack_stamps): the outputs are FetchCutouts'
+({"galaxies": records, "failed": records}).
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from galaxiesml.coadds import PatchFile, PatchKey, patch_of
-from galaxiesml.cutouts import CutoutError, galaxy_image
-from galaxiesml.hsc.cutout_client import GalaxyCutouts
+from galaxiesml.cutouts import CutoutError, Stamp, stack_stamps
 from galaxiesml.hsc.format import FALLBACK_FILTERS, FILTERS
 from galaxiesml.schema import BANDS
 from galaxiesml.storage import open_for_ranges
@@ -80,13 +81,14 @@ class _CutPatch(beam.DoFn):
         try:
             with open_for_ranges(path) as f:
                 patch = PatchFile(f, self.config.planes, name=path)
-                boxes = [patch.box(ra, dec, self.config.half_width) for _, _, ra, dec in members]
+                pixels = [patch.pixel(ra, dec) for _, _, ra, dec in members]
+                boxes = [patch.box_at(x, y, self.config.half_width) for x, y in pixels]
                 stamps = iter(patch.stamps([b for b in boxes if b is not None]))
-                for (oid, band, ra, dec), box in zip(members, boxes):
+                for (oid, band, ra, dec), box, (x, y) in zip(members, boxes, pixels):
                     if box is None:
                         results.append((oid, (band, None, None, "off_patch", f"{band} band: ({ra}, {dec}) is not on {path}")))
                     else:
-                        results.append((oid, (band, used, patch.stamp_fits(box, next(stamps)), None, None)))
+                        results.append((oid, (band, used, Stamp(next(stamps), x - box[0], y - box[2]), None, None)))
         except Exception as exc:  # a damaged file fails its galaxies, with the reason, not the run
             results = [(oid, (band, None, None, "unreadable_patch_file", f"{band} band: {path}: {type(exc).__name__}: {exc}"))
                        for oid, band, _, _ in members]
@@ -98,7 +100,7 @@ def _assemble(joined: tuple[int, dict]):
     oid, parts = joined
     (row,) = parts["row"]
     bands = {band: result for band, *result in parts["bands"]}
-    g = GalaxyCutouts(oid, row["ra"], row["dec"])
+    stamps, filters = {}, {}
     problem = None
     asked = named_patch(row.get("skymap_id")) is not None  # else band_requests asked for no band
     for band in BANDS:
@@ -109,15 +111,15 @@ def _assemble(joined: tuple[int, dict]):
                 if asked else ("no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
             )
             continue
-        filt, data, reason, detail = bands[band]
-        if data is None:
+        filt, stamp, reason, detail = bands[band]
+        if stamp is None:
             problem = problem or (reason, detail)
         else:
-            g.cutouts[band], g.filters[band] = data, filt
+            stamps[band], filters[band] = stamp, filt
     try:
         if problem:
             raise CutoutError(*problem)
-        img = galaxy_image(g)
+        img = stack_stamps(oid, stamps, tuple(filters[b] for b in BANDS))
     except CutoutError as exc:
         increment({"cutouts.fetched": 1, f"failed.cutout.{exc.reason}": 1})
         yield beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", exc.reason, exc.detail))
