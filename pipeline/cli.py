@@ -28,6 +28,7 @@ from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import UNREADABLE_FILE, CatalogError, catalog_columns, check_columns
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from galaxiesml.memory import limit_malloc_arenas_in_workers
+from pipeline.runner_fixes import lock_timed_stream_writes
 from galaxiesml.storage import created_atomically
 from pipeline.build import build, run_info
 from pipeline.options import (
@@ -110,7 +111,7 @@ def verdict(funnel: dict, max_failed_fraction: float) -> str | None:
     if missing:
         return (f"{missing:,} {'galaxy' if missing == 1 else 'galaxies'} lost a band's stamp inside the runner (reason {BAND_MISSING} in "
                 "catalog/failed-*.parquet), which a correct build never does, whatever --max_failed_fraction: run it "
-                "again (DirectRunner's multi_processing mode loses stamps on large mirror builds: docs/hsc-coadds.md)")
+                "again (docs/hsc-coadds.md)")
     if funnel["kept"] == 0:
         return f"the build kept no galaxy of {funnel['rows_read']:,} catalog rows"
     losses = {r: n for reasons in funnel.get("failed_by_stage", {}).values() for r, n in reasons.items() if r not in NOT_LOSSES}
@@ -262,9 +263,11 @@ def local_runner(opts: GalaxiesMLOptions) -> FnApiRunner | None:
 
 def run_pipeline(opts: GalaxiesMLOptions):
     """Check the options, then run the job to completion (worker processes it starts get few malloc
-    arenas; the DirectRunner is run as local_runner says); returns Beam's PipelineResult."""
+    arenas; Beam's timed data streams lose no write, pipeline.runner_fixes; the DirectRunner is run
+    as local_runner says); returns Beam's PipelineResult."""
     preflight(opts)
     limit_malloc_arenas_in_workers()
+    lock_timed_stream_writes()
     runner = local_runner(opts)
     p = beam.Pipeline(runner=runner, options=opts)
     build(p, opts)
