@@ -28,7 +28,7 @@ from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import UNREADABLE_FILE, CatalogError, catalog_columns, check_columns
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from galaxiesml.memory import limit_malloc_arenas_in_workers
-from pipeline.runner_fixes import lock_timed_stream_writes
+from pipeline.runner_fixes import no_timed_flush_of_worker_inputs
 from galaxiesml.storage import created_atomically
 from pipeline.build import build, run_info
 from pipeline.options import (
@@ -263,11 +263,11 @@ def local_runner(opts: GalaxiesMLOptions) -> FnApiRunner | None:
 
 def run_pipeline(opts: GalaxiesMLOptions):
     """Check the options, then run the job to completion (worker processes it starts get few malloc
-    arenas; Beam's timed data streams lose no write, pipeline.runner_fixes; the DirectRunner is run
-    as local_runner says); returns Beam's PipelineResult."""
+    arenas; the runner sends worker inputs without the timed flush that loses data,
+    pipeline.runner_fixes; the DirectRunner is run as local_runner says); returns Beam's PipelineResult."""
     preflight(opts)
     limit_malloc_arenas_in_workers()
-    lock_timed_stream_writes()
+    no_timed_flush_of_worker_inputs()
     runner = local_runner(opts)
     p = beam.Pipeline(runner=runner, options=opts)
     build(p, opts)

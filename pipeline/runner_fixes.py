@@ -12,24 +12,19 @@ came out band_missing. The in-process FnApiRunner has no timer.
 """
 from __future__ import annotations
 
-import functools
-
-from apache_beam.runners.worker.data_plane import TimeBasedBufferingClosableOutputStream
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
 
-def lock_timed_stream_writes() -> None:
-    """Make write() take the flush's lock, so that a flush hands on and empties exactly what was
-    written before it (idempotent). The timer still sends a large input in pieces, so a worker is
-    never sent a stage's whole share in one message (turning the timer off instead would, which
-    gRPC refuses past 2 GB and the worker must hold at once); a writer waits while a hand-off does."""
-    cls = TimeBasedBufferingClosableOutputStream
-    if hasattr(cls.write, "__wrapped__"):
-        return
-    unlocked = cls.write
+def no_timed_flush_of_worker_inputs() -> None:
+    """Turn the runner's timed flush off (Beam has no option for it: its module constant), so that
+    each bundle input goes to its worker whole when its stream is closed, which is what already
+    happened whenever the timer did not fire.
 
-    @functools.wraps(unlocked)
-    def write(self, b):
-        with self._flush_lock:
-            unlocked(self, b)
-
-    cls.write = write
+    Not the other fixes tried: making write() take the flush's lock kept the timer's pieces, but a
+    writer then waits on a hand-off; flushing by size as well hung a 4,000-galaxy build, since the
+    runner sends a bundle's whole input before the request to process it, and a worker queues at
+    most 5 messages of an instruction it has not started. The cost of this one: a worker's share of
+    a stage's input is one message, held whole by the worker (as the timer's ~1-s pieces already
+    were, 665 MB seen), and gRPC refuses one past 2 GB: the build then fails with Beam's error,
+    instead of losing elements; past that size, build in-process or on Dataflow or Flink."""
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0

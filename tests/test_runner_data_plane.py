@@ -5,63 +5,68 @@ from __future__ import annotations
 import threading
 
 import pytest
-from apache_beam.runners.worker.data_plane import TimeBasedBufferingClosableOutputStream
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.worker.data_plane import ClosableOutputStream, TimeBasedBufferingClosableOutputStream
 
 import pipeline.cli as cli
-from pipeline.runner_fixes import lock_timed_stream_writes
+from pipeline.runner_fixes import no_timed_flush_of_worker_inputs
 
 A, B = b"a" * 1000, b"b" * 1000
 
 
-def _write_while_a_flush_hands_on(stream_class) -> bytes:
-    """Write A; once the timer's flush (every 10 ms) has taken it and waits on its hand-off (as a
-    send to a full queue does, here for up to 1 s), write B; close. Every byte the stream handed on."""
-    sent, flushing, written = [], threading.Event(), threading.Event()
-
-    def send(data: bytes) -> None:
-        if data:
-            sent.append(data)
-            if not written.is_set():  # the timer's flush: wait for the writer (or the timeout)
-                flushing.set()
-                written.wait(1)
-
-    stream = stream_class(send, flush_callback=send, time_flush_threshold_ms=10)
+def _write_while_a_flush_may_hand_on(stream, flush_within: float) -> list:
+    """Write A; if a timed flush takes it, write B while that flush's hand-off waits (as a send to
+    a full queue does); close. Every byte the stream handed on."""
+    sent, flushing, written = stream.sent, stream.flushing, stream.written
     stream.write(A)
-    assert flushing.wait(5), "the timer never flushed"
+    flushing.wait(flush_within)  # a timed stream flushes within its 10 ms; another one never does on its own
     stream.write(B)
     written.set()
     stream.close()
     return b"".join(sent)
 
 
+def _stream(make, time_limit_ms: int):
+    sent, flushing, written = [], threading.Event(), threading.Event()
+
+    def send(data: bytes) -> None:
+        if data:
+            sent.append(data)
+            if not written.is_set():  # a timed flush, on the timer's thread: wait for the writer
+                flushing.set()
+                written.wait(5)
+
+    stream = make(send, time_limit_ms)
+    stream.sent, stream.flushing, stream.written = sent, flushing, written
+    return stream
+
+
 def test_beams_timed_flush_drops_what_is_written_while_it_hands_data_on():
     """The race, in this Beam: the flush empties the stream after its hand-off, and the write made
     meanwhile is gone. Once this fails, Beam has fixed it and runner_fixes can go."""
-    lock_timed_stream_writes()
-
-    class Unlocked(TimeBasedBufferingClosableOutputStream):
-        write = TimeBasedBufferingClosableOutputStream.write.__wrapped__
-
-    assert _write_while_a_flush_hands_on(Unlocked) == A
+    stream = _stream(lambda send, ms: TimeBasedBufferingClosableOutputStream(send, flush_callback=send, time_flush_threshold_ms=ms), 10)
+    assert _write_while_a_flush_may_hand_on(stream, 5) == A
 
 
-def test_with_writes_locked_a_timed_flush_loses_nothing():
-    lock_timed_stream_writes()
-    lock_timed_stream_writes()  # twice is once
-    assert not hasattr(TimeBasedBufferingClosableOutputStream.write.__wrapped__, "__wrapped__")
-    assert _write_while_a_flush_hands_on(TimeBasedBufferingClosableOutputStream) == A + B
+def test_the_runners_streams_to_workers_have_no_timed_flush_and_lose_nothing(monkeypatch):
+    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)  # Beam's default, put back after
+    no_timed_flush_of_worker_inputs()
+    # what the runner's gRPC data server (data_plane._GrpcDataChannel) makes for each bundle input
+    make = lambda send, ms: ClosableOutputStream.create(send, send, ms)  # noqa: E731
+    stream = _stream(make, worker_handlers.DATA_BUFFER_TIME_LIMIT_MS)
+    assert not isinstance(stream, TimeBasedBufferingClosableOutputStream)
+    assert _write_while_a_flush_may_hand_on(stream, 0.2) == A + B
 
 
-def test_a_build_locks_the_writes_before_it_starts_the_runner(monkeypatch):
+def test_a_build_turns_the_timed_flush_off_before_it_starts_the_runner(monkeypatch):
     class Started(Exception):
         pass
 
     def local_runner(opts):
-        assert hasattr(TimeBasedBufferingClosableOutputStream.write, "__wrapped__")
+        assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
         raise Started
 
-    lock_timed_stream_writes()
-    monkeypatch.setattr(TimeBasedBufferingClosableOutputStream, "write", TimeBasedBufferingClosableOutputStream.write.__wrapped__)
+    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # run_pipeline sets it where unset: not in this process
     monkeypatch.setattr(cli, "preflight", lambda opts: None)
     monkeypatch.setattr(cli, "local_runner", local_runner)
