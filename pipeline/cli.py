@@ -28,7 +28,6 @@ from galaxiesml import synthetic_catalog
 from galaxiesml.catalog import UNREADABLE_FILE, CatalogError, catalog_columns, check_columns
 from galaxiesml.hsc.credentials import Credentials, HscAuthError
 from galaxiesml.memory import limit_malloc_arenas_in_workers
-from pipeline.runner_fixes import no_timed_flush_of_worker_inputs
 from galaxiesml.storage import created_atomically
 from pipeline.build import build, run_info
 from pipeline.options import (
@@ -42,6 +41,7 @@ from pipeline.options import (
     sample_cuts,
 )
 from pipeline.progress import Progress, shared_progress, worker_output_discarded
+from pipeline.runner_fixes import no_timed_flush_of_worker_inputs
 from transforms.cut_from_coadds import BAND_MISSING
 from transforms.read_catalog import catalog_files, open_catalog
 
