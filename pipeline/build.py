@@ -104,7 +104,7 @@ def build(p: beam.Pipeline, opts: GalaxiesMLOptions) -> dict:
             fetched = kept | "CutFromCoadds" >> CutFromCoadds(config)
         else:
             fetched = kept | "FetchCutouts" >> FetchCutouts(config)
-        measured = fetched.galaxies | "MeasureMorphology" >> MeasureMorphology(opts.psf, not opts.no_sersic, opts.padded_pixels)
+        measured = fetched["galaxies"] | "MeasureMorphology" >> MeasureMorphology(opts.psf, not opts.no_sersic, opts.padded_pixels)
         outputs["galaxies"] = measured.galaxies
         outputs["failed"] = (fetched[FAILED], measured[FAILED]) | "AllFailed" >> beam.Flatten()
         outputs["galaxy_files"] = measured.galaxies | "WriteGalaxies" >> WriteGalaxies(

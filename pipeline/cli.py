@@ -42,7 +42,6 @@ from pipeline.options import (
 )
 from pipeline.progress import Progress, shared_progress, worker_output_discarded
 from pipeline.runner_fixes import no_timed_flush_of_worker_inputs
-from transforms.cut_from_coadds import BAND_MISSING
 from transforms.read_catalog import catalog_files, open_catalog
 
 BUILD_FILE = "build.json"
@@ -100,18 +99,13 @@ NOT_LOSSES = frozenset({"no_coverage", "no_patch_file"})
 
 
 def verdict(funnel: dict, max_failed_fraction: float) -> str | None:
-    """Why a finished build is a failure (None when it is not): a catalog file broke off, the runner
-    lost a band, it kept no galaxy, or it lost more than `max_failed_fraction` of the catalog's kept
-    galaxies to fetch or morphology failures."""
+    """Why a finished build is a failure (None when it is not): a catalog file broke off, it kept no
+    galaxy, or it lost more than `max_failed_fraction` of the catalog's kept galaxies to fetch or
+    morphology failures."""
     unread = funnel.get("rejected_by_reason", {}).get(UNREADABLE_FILE, 0)
     if unread:
         return (f"{unread} catalog file(s) could not be read to their end, and the rows after the break are lost "
                 f"(reason {UNREADABLE_FILE} in catalog/rejected-*.parquet names each file and line)")
-    missing = funnel.get("failed_by_stage", {}).get("cutout", {}).get(BAND_MISSING, 0)
-    if missing:
-        return (f"{missing:,} {'galaxy' if missing == 1 else 'galaxies'} lost a band's stamp inside the runner (reason {BAND_MISSING} in "
-                "catalog/failed-*.parquet), which a correct build never does, whatever --max_failed_fraction: run it "
-                "again (docs/hsc-coadds.md)")
     if funnel["kept"] == 0:
         return f"the build kept no galaxy of {funnel['rows_read']:,} catalog rows"
     losses = {r: n for reasons in funnel.get("failed_by_stage", {}).values() for r, n in reasons.items() if r not in NOT_LOSSES}

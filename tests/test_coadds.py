@@ -213,43 +213,88 @@ def test_a_patch_file_missing_from_the_mirror_fails_its_galaxies_with_the_reason
     assert all(r["reason"] == "no_patch_file" and gone.name in r["detail"] for r in failed)
 
 
+def _crowded_group(mirror_rows, key=lambda row: True):
+    """The group key and catalog rows of the patch that holds the most of `mirror_rows`."""
+    by_patch: dict = {}
+    for row in mirror_rows:
+        if key(row):
+            by_patch.setdefault(patch_of(row["skymap_id"]), []).append(row)
+    (tract, px, py), members = max(by_patch.items(), key=lambda kv: len(kv[1]))
+    return (tract, px, py), [{**r, "source": "catalog.csv", "line": k + 2, "specz_name": f"S{k}"} for k, r in enumerate(members)]
+
+
 def test_a_file_cut_short_fails_each_of_its_galaxies_once_with_the_reason(mirror, tmp_path):
     """A patch file that ends inside its image: every member of the group gets one
-    unreadable_patch_file record, none a stamp as well."""
+    unreadable_patch_file record, none an image as well."""
     import shutil
+
+    from apache_beam.pvalue import TaggedOutput
 
     from transforms.cut_from_coadds import _CutPatch
     from transforms.fetch_cutouts import CutoutConfig
 
     sky, root, files, truth, galaxies = mirror
-    by_patch = {}
-    for t in truth:
-        by_patch.setdefault(patch_of(galaxies[t["object_id"]]["skymap_id"]), []).append(t)
-    (tract, px, py), members = max(by_patch.items(), key=lambda kv: len(kv[1]))
+    in_truth = {t["object_id"] for t in truth}
+    (tract, px, py), members = _crowded_group(galaxies.values(), lambda r: r["object_id"] in in_truth)
     copy = tmp_path / "mirror"
     shutil.copytree(root, copy)
-    path = PatchKey("HSC-I", tract, px, py).path(str(copy))
+    path = PatchKey("HSC-G", tract, px, py).path(str(copy))  # g: the first band a galaxy is cut in
     with open(path, "r+b") as f:
         image = PatchFile(f)._planes[1]
         f.truncate(image.offset + 10 * image.shape[1] * image.dtype.itemsize)  # ten rows of the image left
-    group = (f"HSC-I|{tract}|{px}|{py}|0", [(t["object_id"], "i", t["ra"], t["dec"]) for t in members])
-    out = list(_CutPatch(CutoutConfig(coadd_root=str(copy))).process(group))
-    assert sorted(oid for oid, _ in out) == sorted(t["object_id"] for t in members)
-    assert all(result[3] == "unreadable_patch_file" and path in result[4] for _, result in out), [r[3:] for _, r in out]
+    out = list(_CutPatch(CutoutConfig(coadd_root=str(copy))).process((f"{tract}|{px}|{py}|0", members)))
+    assert all(isinstance(o, TaggedOutput) for o in out)
+    assert sorted(o.value["object_id"] for o in out) == sorted(r["object_id"] for r in members)
+    assert all(o.value["reason"] == "unreadable_patch_file" and path in o.value["detail"] for o in out), [o.value for o in out]
 
 
-def test_a_band_that_never_reaches_its_galaxy_is_band_missing_not_no_patch():
-    """The join tells a skymap_id naming no patch (nothing was asked) from a band whose result was
-    asked for and never came."""
+def test_a_crowded_group_is_cut_a_chunk_at_a_time_with_the_same_records(both_builds, monkeypatch):
+    """A group holds one chunk's stamps at a time: a chunk's galaxies go on before the next chunk
+    is read, each member comes out once, and the records do not depend on the chunk size."""
+    import pyarrow.parquet as pq
+
+    import transforms.cut_from_coadds as cut
+    from transforms.fetch_cutouts import CutoutConfig
+
+    root, _, _ = both_builds
+    rows = pq.read_table(sorted((root / "from_mirror").glob("catalog/kept-*.parquet"))).to_pylist()
+    (tract, px, py), members = _crowded_group(rows)
+    assert len(members) >= 5
+    config = CutoutConfig(coadd_root=str(root / "mirror"), planes=("image", "mask", "variance"))
+    calls: list[int] = []
+    real = PatchFile.stamps
+    monkeypatch.setattr(PatchFile, "stamps", lambda self, boxes: calls.append(len(boxes)) or real(self, boxes))
+
+    def records(chunk):
+        monkeypatch.setattr(cut, "CHUNK", chunk)
+        calls.clear()
+        out, calls_before = [], []
+        for record in cut._CutPatch(config).process((f"{tract}|{px}|{py}|0", members)):
+            out.append(record)
+            calls_before.append(len(calls))
+        return out, calls_before
+
+    whole, _ = records(1000)
+    assert len(calls) == 5 and calls[0] == len(members)  # one read of each band's file for the group
+    chunked, calls_before = records(2)
+    assert max(calls) <= 2 and len(calls) == 5 * -(-len(members) // 2)
+    assert calls_before[0] == 5  # the first galaxy went on after its chunk's 5 bands, before any other
+    assert [r["row"]["object_id"] for r in chunked] == [r["row"]["object_id"] for r in whole]
+    assert sorted(r["row"]["object_id"] for r in whole) == sorted(m["object_id"] for m in members)
+    for a, b in zip(whole, chunked):
+        assert a["filters"] == b["filters"]
+        for plane in ("image", "flags", "hsc_mask", "variance"):
+            np.testing.assert_array_equal(a[plane], b[plane])
+
+
+def test_a_row_whose_skymap_id_names_no_patch_fails_before_any_grouping():
+    import pyarrow as pa
     from apache_beam.pvalue import TaggedOutput
 
-    from transforms.cut_from_coadds import _assemble
+    from transforms.cut_from_coadds import rows_by_patch
 
-    def reasons(skymap_id, bands):
-        row = {"object_id": 7, "ra": 150.0, "dec": 2.0, "skymap_id": skymap_id, "source": "c.csv", "line": 2, "specz_name": "S"}
-        out = list(_assemble((7, {"row": [row], "bands": [(b, "HSC-" + b.upper(), None, "off_patch", "x") for b in bands]})))
-        assert len(out) == 1 and isinstance(out[0], TaggedOutput)
-        return out[0].value["reason"]
-
-    assert reasons(94700101, ["r", "i", "z", "y"]) == "band_missing"  # g, the first band looked at, never came
-    assert reasons(0, []) == "no_patch"
+    row = {"object_id": 7, "ra": 150.0, "dec": 2.0, "skymap_id": 0, "source": "c.csv", "line": 2, "specz_name": "S"}
+    table = pa.Table.from_pylist([row, {**row, "object_id": 9, "skymap_id": 94700101}])
+    failed, keyed = list(rows_by_patch(table, buckets=8))
+    assert isinstance(failed, TaggedOutput) and failed.value["reason"] == "no_patch" and failed.value["object_id"] == 7
+    assert keyed == ("9470|1|1|1", {**row, "object_id": 9, "skymap_id": 94700101})

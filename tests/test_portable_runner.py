@@ -215,7 +215,7 @@ def test_a_pool_started_without_the_account_fails_the_job_clearly(built, tmp_pat
 
 
 def test_a_build_from_a_coadd_mirror_is_the_same_on_the_portable_runner(tmp_path):
-    """The coadd source's GroupByKey per patch and CoGroupByKey per galaxy, on SDK workers in other
+    """The coadd source's GroupByKey per patch, each group cut and stacked on SDK workers in other
     processes, reading the mirror from their own filesystem calls."""
     from galaxiesml.sky import make_sky, write_sky
 

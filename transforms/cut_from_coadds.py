@@ -1,19 +1,20 @@
 """Stage 6 from a coadd mirror (paper section 3.3): each kept galaxy's 5 bands cut from the release's
 patch files instead of fetched from the cutout service, so that it scales with workers.
 
-Each galaxy-band is keyed by the file its catalog patch names (filter, tract, patch from PDR2's
-skymap_id; galaxiesml.coadds) and a bucket of its object_id, so that a crowded patch (the COSMOS
-field holds thousands of spec-z galaxies in a few) is cut by several workers. A GroupByKey brings
-a group to one worker, which reads the file's headers and then only the rows its stamps span,
-through Beam's filesystems (local, gs://, s3://): the mirror is never listed, and memory is one
-group's rows of one patch. A stamp travels as its pixels and the galaxy's position in them (from
-the patch's WCS): no FITS file is written to be read again. The bands then meet again per galaxy,
-with its catalog row (a CoGroupByKey on object_id), and are placed on the grid and stacked as
-service cutouts are (galaxiesml.cutouts.stack_stamps): the outputs are FetchCutouts'
-({"galaxies": records, "failed": records}).
+Each galaxy's catalog row is keyed by the patch its skymap_id names (tract, patch; galaxiesml.coadds)
+and a bucket of its object_id, so that a crowded patch (the COSMOS field holds thousands of spec-z
+galaxies in a few) is cut by several workers. A GroupByKey brings a group to one worker, which
+opens the patch's file of each band once, reads its headers, and then, CHUNK galaxies at a time
+(in order of declination, so that neighbours share rows), reads only the rows their stamps span,
+through Beam's filesystems (local, gs://, s3://). The mirror is never listed. A chunk's galaxies
+are placed on the grid and stacked as service cutouts are (galaxiesml.cutouts.stack_stamps) and go
+on as records before the next chunk is read: the pixels are never shuffled, and a worker holds one
+chunk's rows and stamps, however large the patch's group or the build. The outputs are
+FetchCutouts' ({"galaxies": records, "failed": records}).
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Iterator
 
 import apache_beam as beam
@@ -23,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from galaxiesml.coadds import PatchFile, PatchKey, patch_of
 from galaxiesml.cutouts import CutoutError, Stamp, stack_stamps
 from galaxiesml.hsc.format import FALLBACK_FILTERS, FILTERS
+from galaxiesml.memory import release_free_memory
 from galaxiesml.schema import BANDS
 from galaxiesml.storage import open_for_ranges
 from transforms.fetch_cutouts import FAILED, CutoutConfig, failed_record, galaxy_record
@@ -30,8 +32,8 @@ from transforms.metrics import increment
 
 #: Groups a patch's galaxies are cut in (by object_id): the most workers one patch can keep busy.
 PATCH_BUCKETS = 8
-#: The reason of a galaxy one of whose bands' results never reached the join: a runner's loss.
-BAND_MISSING = "band_missing"
+#: Galaxies whose 5 bands are read, stacked and handed on at a time: what a group holds in memory.
+CHUNK = 32
 
 
 def named_patch(skymap_id) -> tuple[int, int, int] | None:
@@ -42,90 +44,92 @@ def named_patch(skymap_id) -> tuple[int, int, int] | None:
         return None
 
 
-def band_requests(table: pa.Table, buckets: int = PATCH_BUCKETS) -> Iterator[tuple[str, tuple]]:
-    """(patch group key, (object_id, band, ra, dec)) for every band of every row; a row whose
-    skymap_id names no patch asks for nothing (the galaxy then fails with that reason)."""
-    for oid, ra, dec, skymap_id in zip(*(table.column(c).to_pylist() for c in ("object_id", "ra", "dec", "skymap_id"))):
-        patch = named_patch(skymap_id)
+def _failed(row: dict, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+    increment({"cutouts.fetched": 1, f"failed.cutout.{reason}": 1})
+    return beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", reason, detail))
+
+
+def rows_by_patch(table: pa.Table, buckets: int = PATCH_BUCKETS) -> Iterator:
+    """(patch group key, row) for every row; a row whose skymap_id names no patch fails here."""
+    for row in table.to_pylist():
+        patch = named_patch(row.get("skymap_id"))
         if patch is None:
-            continue
-        tract, x, y = patch
-        for band in BANDS:
-            yield f"{FILTERS[band]}|{tract}|{x}|{y}|{oid % buckets}", (oid, band, ra, dec)
+            yield _failed(row, "no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
+        else:
+            yield "|".join(map(str, (*patch, row["object_id"] % buckets))), row
 
 
 class _CutPatch(beam.DoFn):
-    """One group of one patch file: open it once, cut every member's stamp."""
+    """One group of one patch: open its file of each band once, cut and stack every member."""
 
     def __init__(self, config: CutoutConfig):
         self.config = config
 
-    def _open(self, key: PatchKey) -> tuple[str, str | None]:
-        """(the path of the file to read, its filter), falling back to HSC-R2 / HSC-I2 as the service
-        client does; (the path asked for, None) when neither is in the mirror."""
+    def _open(self, files: ExitStack, key: PatchKey) -> tuple[PatchFile, str] | CutoutError:
+        """The band's file (falling back to HSC-R2 / HSC-I2 as the service client does) and the
+        filter it holds, or why there is none to cut from."""
         for filt in filter(None, (key.filter, FALLBACK_FILTERS.get(key.filter))):
             path = PatchKey(filt, key.tract, key.x, key.y).path(self.config.coadd_root)
             if FileSystems.exists(path):
-                return path, filt
-        return key.path(self.config.coadd_root), None
+                try:
+                    return PatchFile(files.enter_context(open_for_ranges(path)), self.config.planes, name=path), filt
+                except Exception as exc:
+                    return _unreadable(path, exc)
+        return CutoutError("no_patch_file", f"{key.path(self.config.coadd_root)} is not in the mirror")
 
     def process(self, group: tuple[str, list]):
-        filt, tract, x, y, _ = group[0].split("|")
-        members = list(group[1])
-        path, used = self._open(PatchKey(filt, int(tract), int(x), int(y)))
-        if used is None:
-            for oid, band, _, _ in members:
-                yield oid, (band, None, None, "no_patch_file", f"{band} band: {path} is not in the mirror")
-            return
-        results = []  # all of the group's, before any is emitted: a file that breaks half-way fails every member once
-        try:
-            with open_for_ranges(path) as f:
-                patch = PatchFile(f, self.config.planes, name=path)
-                pixels = [patch.pixel(ra, dec) for _, _, ra, dec in members]
-                boxes = [patch.box_at(x, y, self.config.half_width) for x, y in pixels]
-                stamps = iter(patch.stamps([b for b in boxes if b is not None]))
-                for (oid, band, ra, dec), box, (x, y) in zip(members, boxes, pixels):
-                    if box is None:
-                        results.append((oid, (band, None, None, "off_patch", f"{band} band: ({ra}, {dec}) is not on {path}")))
-                    else:
-                        results.append((oid, (band, used, Stamp(next(stamps), x - box[0], y - box[2]), None, None)))
-        except Exception as exc:  # a damaged file fails its galaxies, with the reason, not the run
-            results = [(oid, (band, None, None, "unreadable_patch_file", f"{band} band: {path}: {type(exc).__name__}: {exc}"))
-                       for oid, band, _, _ in members]
-        yield from results
+        tract, x, y, _ = (int(v) for v in group[0].split("|"))
+        rows = sorted(group[1], key=lambda r: (r["dec"], r["object_id"]))
+        with ExitStack() as files:
+            bands = {b: self._open(files, PatchKey(FILTERS[b], tract, x, y)) for b in BANDS}
+            for start in range(0, len(rows), CHUNK):
+                yield from self._cut(bands, rows[start : start + CHUNK])
+                release_free_memory()
+
+    def _cut(self, bands: dict, rows: list[dict]) -> Iterator:
+        """Records (or failed records) of a chunk of the group's rows. A galaxy fails for the first
+        band, in g..y order, that gives no stamp; a file that breaks fails its band for the rest of
+        the group."""
+        problems: list[CutoutError | None] = [None] * len(rows)
+        stamps: list[dict[str, Stamp]] = [{} for _ in rows]
+        for band in BANDS:
+            opened = bands[band]
+            if isinstance(opened, CutoutError):
+                problems = [p or _named(band, opened) for p in problems]
+                continue
+            patch, _ = opened
+            todo = [k for k, p in enumerate(problems) if p is None]
+            try:
+                pixels = {k: patch.pixel(rows[k]["ra"], rows[k]["dec"]) for k in todo}
+                boxes = {k: patch.box_at(*pixels[k], self.config.half_width) for k in todo}
+                on = [k for k in todo if boxes[k] is not None]
+                for k, cut in zip(on, patch.stamps([boxes[k] for k in on])):
+                    stamps[k][band] = Stamp(cut, pixels[k][0] - boxes[k][0], pixels[k][1] - boxes[k][2])
+            except Exception as exc:
+                bands[band] = _unreadable(patch.name, exc)
+                problems = [p or _named(band, bands[band]) for p in problems]
+                continue
+            for k in todo:
+                if boxes[k] is None:
+                    problems[k] = CutoutError("off_patch", f"{band} band: ({rows[k]['ra']}, {rows[k]['dec']}) is not on {patch.name}")
+        for row, problem, stamp in zip(rows, problems, stamps):
+            try:
+                if problem:
+                    raise problem
+                img = stack_stamps(row["object_id"], stamp, tuple(bands[b][1] for b in BANDS))
+            except CutoutError as exc:
+                yield _failed(row, exc.reason, exc.detail)
+                continue
+            increment({"cutouts.fetched": 1})
+            yield galaxy_record(row, img)
 
 
-def _assemble(joined: tuple[int, dict]):
-    """A galaxy's catalog row and its bands' stamps -> its record, or a failed record."""
-    oid, parts = joined
-    (row,) = parts["row"]
-    bands = {band: result for band, *result in parts["bands"]}
-    stamps, filters = {}, {}
-    problem = None
-    asked = named_patch(row.get("skymap_id")) is not None  # else band_requests asked for no band
-    for band in BANDS:
-        if band not in bands:
-            problem = problem or (
-                (BAND_MISSING, f"{band} band: no stamp and no failure reached this galaxy (the runner lost it; a rerun "
-                               "cuts it again)")
-                if asked else ("no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
-            )
-            continue
-        filt, stamp, reason, detail = bands[band]
-        if stamp is None:
-            problem = problem or (reason, detail)
-        else:
-            stamps[band], filters[band] = stamp, filt
-    try:
-        if problem:
-            raise CutoutError(*problem)
-        img = stack_stamps(oid, stamps, tuple(filters[b] for b in BANDS))
-    except CutoutError as exc:
-        increment({"cutouts.fetched": 1, f"failed.cutout.{exc.reason}": 1})
-        yield beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", exc.reason, exc.detail))
-        return
-    increment({"cutouts.fetched": 1})
-    yield galaxy_record(row, img)
+def _unreadable(path: str, exc: Exception) -> CutoutError:
+    return CutoutError("unreadable_patch_file", f"{path}: {type(exc).__name__}: {exc}")
+
+
+def _named(band: str, error: CutoutError) -> CutoutError:
+    return CutoutError(error.reason, f"{band} band: {error.detail}")
 
 
 class CutFromCoadds(beam.PTransform):
@@ -138,15 +142,11 @@ class CutFromCoadds(beam.PTransform):
         self.buckets = buckets
 
     def expand(self, kept):
-        rows = kept | "Rows by object_id" >> beam.FlatMap(lambda t: ((r["object_id"], r) for r in t.to_pylist()))
+        keyed = kept | "Rows by patch" >> beam.FlatMap(rows_by_patch, self.buckets).with_outputs(FAILED, main="rows")
         cut = (
-            kept
-            | "Bands by patch" >> beam.FlatMap(band_requests, self.buckets)
+            keyed.rows
             | "Group by patch" >> beam.GroupByKey()
-            | "Cut stamps" >> beam.ParDo(_CutPatch(self.config))
+            | "Cut and stack" >> beam.ParDo(_CutPatch(self.config)).with_outputs(FAILED, main="galaxies")
         )
-        return (
-            {"row": rows, "bands": cut}
-            | "Bands by galaxy" >> beam.CoGroupByKey()
-            | "Decode and stack" >> beam.FlatMap(_assemble).with_outputs(FAILED, main="galaxies")
-        )
+        failed = (keyed[FAILED], cut[FAILED]) | "All cutout failures" >> beam.Flatten()
+        return {"galaxies": cut.galaxies, FAILED: failed}
