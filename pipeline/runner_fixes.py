@@ -7,8 +7,9 @@ hands what the stream holds to the send queue, then empties the stream. write() 
 what the runner writes while that hand-off waits (seconds, when the send queue is full of a large
 bundle) is emptied with it, and the worker, told its input is complete, never sees it: elements
 vanish without an error. 4,000-galaxy coadd builds on multi_processing lost 74 to 2,595 galaxies'
-bands this way (the tail chunks of one worker's ~700 MB share of the CoGroupByKey's Flatten), and
-came out band_missing. The in-process FnApiRunner has no timer.
+bands this way (the tail chunks of one worker's ~700 MB share of the join that then brought a
+galaxy's stamps together). The coadd source no longer shuffles pixels, but the race is the runner's,
+for any stage's input. The in-process FnApiRunner has no timer.
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 as the cutout service (here its stand-in) gives for the same request."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from apache_beam.io.filesystems import FileSystems
@@ -285,6 +287,52 @@ def test_a_crowded_group_is_cut_a_chunk_at_a_time_with_the_same_records(both_bui
         assert a["filters"] == b["filters"]
         for plane in ("image", "flags", "hsc_mask", "variance"):
             np.testing.assert_array_equal(a[plane], b[plane])
+
+
+def test_a_group_sends_each_galaxy_down_its_documented_path(both_builds, tmp_path):
+    """In one group: a galaxy at the file's edge comes out trimmed there and padded; one that is not
+    on the group's patch fails off_patch at g, the first band looked at; with the z file gone from
+    the mirror, every other galaxy fails no_patch_file naming it."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from apache_beam.pvalue import TaggedOutput
+
+    from galaxiesml.cutouts import PADDED
+    from transforms.cut_from_coadds import _CutPatch
+    from transforms.fetch_cutouts import CutoutConfig
+
+    root, _, _ = both_builds
+    rows = pq.read_table(sorted((root / "from_mirror").glob("catalog/kept-*.parquet"))).to_pylist()
+    (tract, px, py), members = _crowded_group(rows)
+    far = next(r for r in rows if max(abs(a - b) for a, b in zip(patch_of(r["skymap_id"])[1:], (px, py))) >= 2)
+    with open(PatchKey("HSC-G", tract, px, py).path(str(root / "mirror")), "rb") as f:
+        patch = PatchFile(f)
+        ny, nx = patch.shape
+        ra, dec = patch.wcs.pixel_to_world_values(3.0, ny / 2)  # 3 px from the file's left edge
+    edge = {**members[0], "object_id": 1, "ra": float(ra), "dec": float(dec)}
+    off = {**members[0], "object_id": 2, "ra": far["ra"], "dec": far["dec"]}
+    group = (f"{tract}|{px}|{py}|0", [edge, off])
+
+    out = list(_CutPatch(CutoutConfig(coadd_root=str(root / "mirror"))).process(group))
+    (record,) = [o for o in out if not isinstance(o, TaggedOutput)]
+    (failed,) = [o.value for o in out if isinstance(o, TaggedOutput)]
+    assert record["row"]["object_id"] == 1 and failed["object_id"] == 2
+    assert failed["reason"] == "off_patch" and failed["detail"].startswith("g band:")
+    half = cutout_pixels(CutoutConfig().half_width) // 2
+    columns = np.arange(record["flags"].shape[-1])
+    padded = (record["flags"][:, 63, :] & PADDED).astype(bool)  # the row through the galaxy's pixel
+    assert np.array_equal(padded[0], (columns < 63 - 3) | (columns > 63 + half))  # past the file, past the box
+    assert np.all(record["image"][:, 63, : 63 - 3] == 0) and np.all(record["image"][:, 63, 63 - 3 : 63 + half] != 0)
+
+    partial = tmp_path / "mirror"
+    shutil.copytree(root / "mirror", partial)
+    gone = PatchKey("HSC-Z", tract, px, py).path(str(partial))
+    Path(gone).unlink()
+    out = list(_CutPatch(CutoutConfig(coadd_root=str(partial))).process(group))
+    reasons = {o.value["object_id"]: (o.value["reason"], o.value["detail"]) for o in out}
+    assert len(out) == 2 and reasons[2][0] == "off_patch"
+    assert reasons[1][0] == "no_patch_file" and reasons[1][1] == f"z band: {gone} is not in the mirror"
 
 
 def test_a_row_whose_skymap_id_names_no_patch_fails_before_any_grouping():
