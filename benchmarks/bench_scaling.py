@@ -24,6 +24,8 @@ Measured, each run in a fresh process (benchmarks/measure.py), alternating 1 and
   times: its run-to-run spread is what the larger build's peaks are compared with. A 20,000-galaxy
   sky takes ~50 min to pre-render, so these runs' stand-in answers every position from a pool of
   --pool_positions pre-rendered galaxies (PoolCache in galaxiesml/standins/cutout_service.py).
+  With `--source coadd`, one sky of the largest size and its mirror serve every size (the smaller
+  builds a `--mini_size` sample of it), so that the sizes differ in galaxies, not in files read.
 
 Workers x --max_streams = 2, the HSC account's limit (1 worker: 2 streams; 2 workers: 1 each).
 Every run fetches (--cutout_cache none). Writes benchmarks/results/scaling.md and scaling_memory.md.
@@ -135,6 +137,36 @@ def window_peaks(samples: list[tuple[float, int, float]], window_s: float) -> li
     return peaks
 
 
+#: Stages of the job told apart in a build's timing, by a name their fused step carries: the
+#: images and morphology (cut or fetched, measured, written as Parquet shards), and the HDF5 step.
+TIMED_STAGES = {"images": "MeasureMorphology", "hdf5": "Consolidate/"}
+
+
+@contextlib.contextmanager
+def stage_clock():
+    """Wall seconds the runner spends on the bundles of each TIMED_STAGES stage. It wraps the
+    FnApiRunner's private _execute_bundle (a benchmark's look inside, not something a build uses)."""
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    real = fn_runner.FnApiRunner._execute_bundle
+    seconds = dict.fromkeys(TIMED_STAGES, 0.0)
+
+    def timed(self, context, bundle_manager, bundle_input):
+        t0 = time.perf_counter()
+        try:
+            return real(self, context, bundle_manager, bundle_input)
+        finally:
+            for name, mark in TIMED_STAGES.items():
+                if mark in bundle_manager.stage.name:
+                    seconds[name] += time.perf_counter() - t0
+
+    fn_runner.FnApiRunner._execute_bundle = timed
+    try:
+        yield seconds
+    finally:
+        fn_runner.FnApiRunner._execute_bundle = real
+
+
 def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str], sample_rss: bool = False) -> dict:
     """The build (pipeline.cli.run: the Beam job, then the data card in the launcher) on
     DirectRunner; time (in all, and of the job alone), CPU and peak memory of the processes (with
@@ -149,7 +181,7 @@ def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str
     usage = lambda: [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]  # noqa: E731
     before = usage()
     t0 = time.perf_counter()
-    with WorkerRss() if sample_rss else contextlib.nullcontext() as rss:
+    with WorkerRss() if sample_rss else contextlib.nullcontext() as rss, stage_clock() as stages:
         opts = options(args)
         run_pipeline(opts)
         job_s = time.perf_counter() - t0
@@ -165,6 +197,7 @@ def run_build(catalog: str, output: str, url: str, workers: int, extra: list[str
         "failed": summary["funnel"]["failed"],
         "launcher_peak_mb": after[0].ru_maxrss / 1024,
         "worker_peak_mb": after[1].ru_maxrss / 1024,  # the largest finished child: a worker process
+        "stage_s": stages,
         **({"worker_rss": rss.samples} if sample_rss else {}),
     }
 
@@ -214,16 +247,24 @@ def memory_runs(args) -> None:
     os.environ["HSC_SSP_CAS_USER"], os.environ["HSC_SSP_CAS_PASSWORD"] = BENCH_CREDENTIALS.user, BENCH_CREDENTIALS.password
     sizes = sorted(args.memory_galaxies)
     rows_out, loads = [], []
-    for size in sizes:
-        sky, rows = make_sky(size, args.seed)
-        catalog = str(write_sky(sky, rows, work / f"input-{size}")["catalog"])
-        source = mirror_source(sky, work / f"mirror-{size}") if coadd else ["--cutout_source", "service"]
+    if coadd:  # one sky and its mirror, the largest: every build reads the same files, the smaller a --mini_size of it
+        sky, rows = make_sky(sizes[-1], args.seed)
+        catalog = str(write_sky(sky, rows, work / f"input-{sizes[-1]}")["catalog"])
+        source = mirror_source(sky, work / f"mirror-{sizes[-1]}")
         del sky, rows
+    for size in sizes:
+        if coadd:
+            extra = [*source, "--mini_size", str(size)] if size != sizes[-1] else source
+        else:
+            sky, rows = make_sky(size, args.seed)
+            catalog = str(write_sky(sky, rows, work / f"input-{size}")["catalog"])
+            extra = ["--cutout_source", "service"]
+            del sky, rows
         serving = no_service() if coadd else ServerProcess(size, args.seed, pool_dir, work / f"server-{size}.log", pool=True)
         with serving as server:
             for _ in range(args.memory_repeats if size == sizes[0] else 1):
                 res = measure("benchmarks.bench_scaling:run_build", catalog, str(work / f"out-{size}"), server.url, 2,
-                              [*source, "--no_sersic"], True)["result"]
+                              [*extra, "--no_sersic"], True)["result"]
                 loads.append(os.getloadavg()[0])
                 shutil.rmtree(work / f"out-{size}", ignore_errors=True)
                 rows_out.append((size, res))
@@ -246,9 +287,10 @@ def memory_runs(args) -> None:
         "",
         "Full builds of synthetic skies (every kept galaxy, 127 x 127 cutouts, morphology `--no_sersic`: the fit changes "
         "CPU, not what is held), DirectRunner multi_processing with 2 workers, no cutout cache. "
-        + ("Cutouts are cut from a release-shaped mirror of each sky's coadd patches on local disk (`--cutout_source coadd`, "
-           f"{MIRROR_BORDER} px borders); the sky's density is the same at every size, so a larger sky has more patch files, "
-           "not fuller ones. " if coadd else
+        + (f"Cutouts are cut from a release-shaped mirror of the {sizes[-1]:,}-galaxy sky's coadd patches on local disk "
+           f"(`--cutout_source coadd`, {MIRROR_BORDER} px borders); every build reads that sky and its files, the smaller "
+           "ones a `--mini_size` sample of its galaxies, so the sizes differ in galaxies only, not in the files read. "
+           if coadd else
            f"The das_cutout stand-in runs in its own process and answers every position from a pool of {pool} pre-rendered "
            "galaxies (`galaxiesml/standins/cutout_service.py` PoolCache: the pool galaxy picked by a hash of the position, "
            "its WCS moved onto the requested position), so no sky has to be rendered and serving costs little CPU. ")
@@ -256,7 +298,8 @@ def memory_runs(args) -> None:
         f"build runs {args.memory_repeats} times: the same build's peak moves by tens of MB from run to run (what the "
         "allocators keep), so a larger build's peak is judged against that spread.",
         "",
-        "| sky galaxies | kept (with images) | failed | wall s | galaxies/s | launcher peak MB | largest worker peak MB |",
+        ("| galaxies (`--mini_size` of the sky, or all) " if coadd else "| sky galaxies ")
+        + "| kept (with images) | failed | wall s | galaxies/s | launcher peak MB | largest worker peak MB |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         *(f"| {size:,} | {r['kept']:,} | {r['failed']:,} | {r['seconds']:.0f} | {r['kept'] / r['seconds']:.1f} | "
           f"{r['launcher_peak_mb']:.0f} | {r['worker_peak_mb']:.0f} |" for size, r in rows_out),
@@ -407,12 +450,14 @@ def main(argv: list[str] | None = None) -> int:
         all_s = ", ".join(f"{r['seconds']:.1f}" for r in results[("full", workers)])
         return (f"| {workers} | {full['seconds']:.1f} ({all_s}) | {n / full['seconds']:.2f} | "
                 f"{full['seconds'] - full['job_s']:.1f} | {full['job_s']:.1f} | {cat['job_s']:.1f} | "
-                f"{images_s:.1f} | {n / images_s:.2f} | {full['cpu_s']:.0f} | {full['worker_peak_mb']:.0f} |")
+                f"{images_s:.1f} | {n / images_s:.2f} | {full['stage_s']['images']:.1f} | {full['stage_s']['hdf5']:.1f} | "
+                f"{full['cpu_s']:.0f} | {full['worker_peak_mb']:.0f} |")
 
     f1, f2 = best[("full", 1)], best[("full", 2)]
     s1, j1 = f1["seconds"] / f2["seconds"], f1["job_s"] / f2["job_s"]
     i1 = f1["job_s"] - best[("catalog", 1)]["job_s"]
     i2 = f2["job_s"] - best[("catalog", 2)]["job_s"]
+    st1, st2 = f1["stage_s"]["images"], f2["stage_s"]["images"]
     batches = -(-n // args.galaxies_per_request)
     rounds = list(zip(results[("full", 1)], results[("full", 2)]))
     by_round = lambda key: ", ".join(f"{a[key] / b[key]:.2f}" for a, b in rounds)  # noqa: E731
@@ -434,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         f"The demo's pipeline on a synthetic sky of {args.sky_galaxies:,} galaxies (catalog export of "
         f"{kept.num_rows:,} kept rows), cutouts 127 x 127 (half width {HALF_WIDTH_127:.3f}\") "
         + (f"cut from a release-shaped mirror of the sky's coadd patches on local disk ({MIRROR_BORDER} px borders, "
-           "catalog files beside each; `--cutout_source coadd`: grouped by patch file, each group's rows read once); "
+           "catalog files beside each; `--cutout_source coadd`: grouped by patch, each group's files read only where its stamps lie and its galaxies stacked where they are cut); "
            "DirectRunner multi_processing with 1 and 2 worker processes."
            if args.source == "coadd" else
            "fetched from the das_cutout stand-in in its own process, answering from pre-rendered cutouts (it rendered "
@@ -447,20 +492,25 @@ def main(argv: list[str] | None = None) -> int:
         f"Best of {args.rounds} run(s) each. A build is the Beam job, then the data card, which the launcher draws "
         "alone after the job (the same for any number of workers). \"catalog-only job\" is the job with "
         "`--cutout_source none`: Beam's start-up (large for multi_processing, which starts its worker processes) and "
-        "the catalog stages; \"images + morphology\" is what the full job takes beyond it.",
+        "the catalog stages; \"images + morphology\" is what the full job takes beyond it. \"The images stage\" is the "
+        "runner's time on the one stage that cuts (or fetches) the images, measures them and writes the Parquet shards, "
+        "all in the workers; \"HDF5 step\" its time on the consolidation into the released files, one writer per file, "
+        "which the disk bounds.",
         "",
         "| workers | build s (all runs) | galaxies/s | of which data card s | Beam job s | catalog-only job s | "
-        "images + morphology s | galaxies/s (images + morphology) | CPU s | peak MB per worker |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "images + morphology s | galaxies/s (images + morphology) | of which the images stage s | HDF5 step s | CPU s | "
+        "peak MB per worker |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         row(1),
         row(2),
         "",
         f"**2 workers / 1 worker: {s1:.2f}x for the whole build, {j1:.2f}x for the Beam job, {i1 / i2:.2f}x for images + "
-        "morphology** (target >= 1.7x). The Beam job is the pipeline end to end, catalog rows to HDF5 files, all that "
+        f"morphology, {st1 / st2:.2f}x for the images stage** (target >= 1.7x). The Beam job is the pipeline end to end, catalog rows to HDF5 files, all that "
         "the workers run (and all that runs on Dataflow or Flink); the data card is the launcher's report after it.",
         "",
         f"Round by round (each round runs 1 worker, then 2, close in time), 2 workers / 1 worker: {by_round('job_s')} for "
-        f"the Beam job, {by_round('seconds')} for the whole build.",
+        f"the Beam job, {by_round('seconds')} for the whole build, "
+        + ", ".join(f"{a['stage_s']['images'] / b['stage_s']['images']:.2f}" for a, b in rounds) + " for the images stage.",
         "",
         f"The host's own ceiling after each round (measure_galaxy on {args.host_galaxies} of the built galaxies, "
         f"2 processes at once / 1 alone): {', '.join(f'{h:.2f}' for h in hosts)}. The whole build's round ratio as a "
