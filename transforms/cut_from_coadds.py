@@ -113,15 +113,16 @@ class _CutPatch(beam.DoFn):
                 if boxes[k] is None:
                     problems[k] = CutoutError("off_patch", f"{band} band: ({rows[k]['ra']}, {rows[k]['dec']}) is not on {patch.name}")
         for row, problem, stamp in zip(rows, problems, stamps):
-            try:
-                if problem:
-                    raise problem
-                img = stack_stamps(row["object_id"], stamp, tuple(bands[b][1] for b in BANDS))
-            except CutoutError as exc:
-                yield _failed(row, exc.reason, exc.detail)
-                continue
-            increment({"cutouts.fetched": 1})
-            yield galaxy_record(row, img)
+            if problem is None:
+                try:
+                    img = stack_stamps(row["object_id"], stamp, tuple(bands[b][1] for b in BANDS))
+                except CutoutError as exc:
+                    problem = exc
+            if problem is None:
+                increment({"cutouts.fetched": 1})
+                yield galaxy_record(row, img)
+            else:
+                yield _failed(row, problem.reason, problem.detail)
 
 
 def _unreadable(path: str, exc: Exception) -> CutoutError:
