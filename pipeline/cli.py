@@ -163,8 +163,10 @@ def remove_outputs(output: str) -> None:
 
 def _check_output(opts: GalaxiesMLOptions, catalog: list[list]) -> None:
     """Refuse an output directory that holds another build; stop early when it holds this build,
-    complete and read from the same catalog files ((path, size) each); otherwise record this
-    build's identity and its catalog files there (a rerun then resumes it)."""
+    complete and read from the same catalog files ((path, size) each); otherwise clear what an
+    earlier run of this build wrote there (the job writes every output again, and a shard of another
+    count, or Beam's temporary folder of a killed run, would stay beside the new ones; the cutout
+    cache stays) and record this build's identity and its catalog files (a rerun then resumes it)."""
     info = json.loads(json.dumps({**run_info(opts), "catalog_files": catalog}))  # as it reads back
     path = FileSystems.join(opts.output, BUILD_FILE)
     if opts.overwrite:
@@ -181,6 +183,7 @@ def _check_output(opts: GalaxiesMLOptions, catalog: list[list]) -> None:
             )
         if other.get("completed") and other.get("catalog_files") == info["catalog_files"]:
             raise AlreadyBuilt(opts.output)
+        remove_outputs(opts.output)
     with created_atomically(path) as f:
         f.write(json.dumps(info, indent=2, sort_keys=True).encode())
 

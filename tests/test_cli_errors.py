@@ -169,6 +169,31 @@ def test_overwrite_leaves_nothing_of_the_old_build_and_keeps_what_is_not_a_build
     assert json.loads((out / "summary.json").read_text())["run"]["split_seed"] == 4
 
 
+def test_a_rerun_of_an_unfinished_build_leaves_nothing_of_the_earlier_run_beside_its_outputs(capsys, catalog, tmp_path):
+    """A killed run leaves catalog shards of another count and Beam's temporary folders: the rerun
+    (the same build, resumed) writes its outputs without them, and keeps the cutout cache."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "o"
+    build = ["--catalog", str(catalog), "--output", str(out), "--cutout_source=none", "--runner=FnApiRunner"]
+    assert main(build) == 0
+    kept = pq.read_table(sorted(out.glob("catalog/kept-*.parquet"))).num_rows
+    info = json.loads((out / "build.json").read_text())
+    del info["completed"]  # as a killed run leaves it
+    (out / "build.json").write_text(json.dumps(info))
+    stale = out / "catalog" / "kept-00007-of-00009.parquet"
+    stale.write_bytes((sorted(out.glob("catalog/kept-*.parquet"))[0]).read_bytes())
+    (out / "catalog" / "beam-temp-kept-1234").mkdir()
+    (out / "catalog" / "beam-temp-kept-1234" / "x.parquet").write_bytes(b"PAR1")
+    (out / "cache").mkdir()
+    (out / "cache" / "entry.tar").write_bytes(b"kept")
+    assert main(build) == 0
+    assert not stale.exists() and not list(out.rglob("beam-temp*"))
+    assert pq.read_table(sorted(out.glob("catalog/kept-*.parquet"))).num_rows == kept
+    assert (out / "cache" / "entry.tar").read_bytes() == b"kept"
+    assert json.loads((out / "build.json").read_text())["completed"] is True
+
+
 def test_the_end_of_run_message_names_every_output_with_what_it_holds(capsys, catalog, tmp_path):
     out = tmp_path / "o"
     assert main(["--catalog", str(catalog), "--output", str(out), "--cutout_source=none", "--runner=FnApiRunner"]) == 0
