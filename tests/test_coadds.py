@@ -289,7 +289,7 @@ def test_a_crowded_group_is_cut_a_chunk_at_a_time_with_the_same_records(both_bui
             np.testing.assert_array_equal(a[plane], b[plane])
 
 
-def test_a_group_sends_each_galaxy_down_its_documented_path(both_builds, tmp_path):
+def test_a_group_sends_each_galaxy_down_its_documented_path(both_builds, tmp_path, monkeypatch):
     """In one group: a galaxy at the file's edge comes out trimmed there and padded; one that is not
     on the group's patch fails off_patch at g, the first band looked at; with the z file gone from
     the mirror, every other galaxy fails no_patch_file naming it."""
@@ -314,7 +314,11 @@ def test_a_group_sends_each_galaxy_down_its_documented_path(both_builds, tmp_pat
     off = {**members[0], "object_id": 2, "ra": far["ra"], "dec": far["dec"]}
     group = (f"{tract}|{px}|{py}|0", [edge, off])
 
+    looked_for = []
+    exists = FileSystems.exists
+    monkeypatch.setattr(FileSystems, "exists", lambda path: looked_for.append(path) or exists(path))
     out = list(_CutPatch(CutoutConfig(coadd_root=str(root / "mirror"))).process(group))
+    assert not [p for p in looked_for if Path(p).exists()]  # a file that opens is not looked for first (a request on gs://)
     (record,) = [o for o in out if not isinstance(o, TaggedOutput)]
     (failed,) = [o.value for o in out if isinstance(o, TaggedOutput)]
     assert record["row"]["object_id"] == 1 and failed["object_id"] == 2

@@ -67,13 +67,15 @@ class _CutPatch(beam.DoFn):
 
     def _open(self, files: ExitStack, key: PatchKey) -> tuple[PatchFile, str] | CutoutError:
         """The band's file (falling back to HSC-R2 / HSC-I2 as the service client does) and the
-        filter it holds, or why there is none to cut from."""
+        filter it holds, or why there is none to cut from. A file is opened without asking first
+        whether it exists (on gs:// that is a request and a new client each time); only a file that
+        cannot be read is looked for, to tell a missing file from a damaged one."""
         for filt in filter(None, (key.filter, FALLBACK_FILTERS.get(key.filter))):
             path = PatchKey(filt, key.tract, key.x, key.y).path(self.config.coadd_root)
-            if FileSystems.exists(path):
-                try:
-                    return PatchFile(files.enter_context(open_for_ranges(path)), self.config.planes, name=path), filt
-                except Exception as exc:
+            try:
+                return PatchFile(files.enter_context(open_for_ranges(path)), self.config.planes, name=path), filt
+            except Exception as exc:
+                if FileSystems.exists(path):
                     return _unreadable(path, exc)
         return CutoutError("no_patch_file", f"{key.path(self.config.coadd_root)} is not in the mirror")
 
