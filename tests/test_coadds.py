@@ -347,6 +347,17 @@ def test_a_row_whose_skymap_id_names_no_patch_fails_before_any_grouping():
 
     row = {"object_id": 7, "ra": 150.0, "dec": 2.0, "skymap_id": 0, "source": "c.csv", "line": 2, "specz_name": "S"}
     table = pa.Table.from_pylist([row, {**row, "object_id": 9, "skymap_id": 94700101}])
-    failed, keyed = list(rows_by_patch(table, buckets=8))
+    failed, keyed = list(rows_by_patch(table))
     assert isinstance(failed, TaggedOutput) and failed.value["reason"] == "no_patch" and failed.value["object_id"] == 7
-    assert keyed == ("9470|1|1|1", {**row, "object_id": 9, "skymap_id": 94700101})
+    assert keyed == ("9470|1|1", {**row, "object_id": 9, "skymap_id": 94700101})
+
+
+def test_a_sparse_patch_is_one_group_and_a_crowded_one_is_split_up_to_the_limit():
+    """Each group opens its patch's five files: a patch is split only where it holds more than
+    GROUP_GALAXIES galaxies, into one group per GROUP_GALAXIES, at most PATCH_BUCKETS."""
+    from transforms.cut_from_coadds import GROUP_GALAXIES, PATCH_BUCKETS, group_key
+
+    groups = lambda n: {group_key("9813|4|5", oid, n) for oid in range(1000, 1000 + n)}  # noqa: E731
+    assert groups(1) == groups(GROUP_GALAXIES) == {"9813|4|5|0"}
+    assert groups(GROUP_GALAXIES + 1) == {"9813|4|5|0", "9813|4|5|1"}
+    assert len(groups(3000)) == PATCH_BUCKETS

@@ -1,9 +1,10 @@
 """Stage 6 from a coadd mirror (paper section 3.3): each kept galaxy's 5 bands cut from the release's
 patch files instead of fetched from the cutout service, so that it scales with workers.
 
-Each galaxy's catalog row is keyed by the patch its skymap_id names (tract, patch; galaxiesml.coadds)
-and a bucket of its object_id, so that a crowded patch (the COSMOS field holds thousands of spec-z
-galaxies in a few) is cut by several workers. A GroupByKey brings a group to one worker, which
+Each galaxy's catalog row is keyed by the patch its skymap_id names (tract, patch; galaxiesml.coadds);
+a crowded patch (the COSMOS field holds thousands of spec-z galaxies in a few) is split by object_id
+into a group per GROUP_GALAXIES galaxies, up to PATCH_BUCKETS, so that several workers cut it, while
+a sparse one is one group, whose worker opens its five files once. A GroupByKey brings a group to one worker, which
 opens the patch's file of each band once, reads its headers, and then, CHUNK galaxies at a time
 (in order of declination, so that neighbours share rows), reads only the rows their stamps span,
 through Beam's filesystems (local, gs://, s3://). The mirror is never listed. A chunk's galaxies
@@ -30,8 +31,11 @@ from galaxiesml.storage import open_for_ranges
 from transforms.fetch_cutouts import FAILED, CutoutConfig, failed_record, galaxy_record
 from transforms.metrics import increment
 
-#: Groups a patch's galaxies are cut in (by object_id): the most workers one patch can keep busy.
+#: The most groups a crowded patch's galaxies are cut in (by object_id): workers one patch keeps busy.
 PATCH_BUCKETS = 8
+#: Galaxies a patch has per group before it is split: each group opens the patch's five files, so a
+#: sparse patch (most of them: a few spec-z galaxies each) is cut by one group.
+GROUP_GALAXIES = 64
 #: Galaxies whose 5 bands are read, stacked and handed on at a time: what a group holds in memory.
 CHUNK = 32
 
@@ -49,14 +53,25 @@ def _failed(row: dict, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
     return beam.pvalue.TaggedOutput(FAILED, failed_record(row, "cutout", reason, detail))
 
 
-def rows_by_patch(table: pa.Table, buckets: int = PATCH_BUCKETS) -> Iterator:
-    """(patch group key, row) for every row; a row whose skymap_id names no patch fails here."""
+def rows_by_patch(table: pa.Table) -> Iterator:
+    """("tract|x|y", row) for every row; a row whose skymap_id names no patch fails here."""
     for row in table.to_pylist():
         patch = named_patch(row.get("skymap_id"))
         if patch is None:
             yield _failed(row, "no_patch", f"skymap_id {row.get('skymap_id')} names no patch")
         else:
-            yield "|".join(map(str, (*patch, row["object_id"] % buckets))), row
+            yield "|".join(map(str, patch)), row
+
+
+def group_key(patch: str, object_id: int, galaxies: int, buckets: int = PATCH_BUCKETS) -> str:
+    """The group a galaxy of a patch holding `galaxies` is cut in: one group per GROUP_GALAXIES of
+    them, at most `buckets`, split by object_id."""
+    return f"{patch}|{object_id % min(buckets, -(-galaxies // GROUP_GALAXIES))}"
+
+
+def _by_group(keyed: tuple[str, dict], counts: dict[str, int], buckets: int) -> tuple[str, dict]:
+    patch, row = keyed
+    return group_key(patch, row["object_id"], counts[patch], buckets), row
 
 
 class _CutPatch(beam.DoFn):
@@ -145,9 +160,15 @@ class CutFromCoadds(beam.PTransform):
         self.buckets = buckets
 
     def expand(self, kept):
-        keyed = kept | "Rows by patch" >> beam.FlatMap(rows_by_patch, self.buckets).with_outputs(FAILED, main="rows")
+        keyed = kept | "Rows by patch" >> beam.FlatMap(rows_by_patch).with_outputs(FAILED, main="rows")
+        per_patch = (
+            keyed.rows
+            | "Patches" >> beam.Map(lambda kv: (kv[0], 1))
+            | "Galaxies per patch" >> beam.CombinePerKey(sum)
+        )
         cut = (
             keyed.rows
+            | "Split crowded patches" >> beam.Map(_by_group, beam.pvalue.AsDict(per_patch), self.buckets)
             | "Group by patch" >> beam.GroupByKey()
             | "Cut and stack" >> beam.ParDo(_CutPatch(self.config)).with_outputs(FAILED, main="galaxies")
         )
