@@ -44,6 +44,10 @@ class CutoutError(ValueError):
         self.reason = reason
         self.detail = detail
 
+    def in_band(self, band: str) -> "CutoutError":
+        """The same error, its detail naming the band it happened in."""
+        return CutoutError(self.reason, f"{band} band: {self.detail}")
+
 
 @dataclass
 class GalaxyImage:
@@ -95,7 +99,7 @@ def _band(band: str) -> Iterator[None]:
     try:
         yield
     except CutoutError as exc:
-        raise CutoutError(exc.reason, f"{band} band: {exc.detail}") from exc
+        raise exc.in_band(band) from exc
 
 
 def read_stamp(data: bytes, ra: float, dec: float) -> Stamp:
@@ -170,7 +174,7 @@ def galaxy_image(cutouts: GalaxyCutouts, size: int = SIZE, bands: Sequence[str] 
     if missing:
         b = missing[0]
         if b in cutouts.failed:
-            raise CutoutError("fetch_failed", f"{b} band: {cutouts.failed[b]}")
+            raise CutoutError("fetch_failed", cutouts.failed[b]).in_band(b)
         raise CutoutError("no_coverage", f"no {', '.join(missing)} coverage at this position")
     stamps = {}
     for b in bands:

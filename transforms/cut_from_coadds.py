@@ -112,7 +112,7 @@ class _CutPatch(beam.DoFn):
         for band in BANDS:
             opened = bands[band]
             if isinstance(opened, CutoutError):
-                problems = [p or _named(band, opened) for p in problems]
+                problems = [p or opened.in_band(band) for p in problems]
                 continue
             patch, _ = opened
             todo = [k for k, p in enumerate(problems) if p is None]
@@ -124,11 +124,11 @@ class _CutPatch(beam.DoFn):
                     stamps[k][band] = Stamp(cut, pixels[k][0] - boxes[k][0], pixels[k][1] - boxes[k][2])
             except Exception as exc:
                 bands[band] = _unreadable(patch.name, exc)
-                problems = [p or _named(band, bands[band]) for p in problems]
+                problems = [p or bands[band].in_band(band) for p in problems]
                 continue
             for k in todo:
                 if boxes[k] is None:
-                    problems[k] = CutoutError("off_patch", f"{band} band: ({rows[k]['ra']}, {rows[k]['dec']}) is not on {patch.name}")
+                    problems[k] = CutoutError("off_patch", f"({rows[k]['ra']}, {rows[k]['dec']}) is not on {patch.name}").in_band(band)
         for row, problem, stamp in zip(rows, problems, stamps):
             if problem is None:
                 try:
@@ -144,10 +144,6 @@ class _CutPatch(beam.DoFn):
 
 def _unreadable(path: str, exc: Exception) -> CutoutError:
     return CutoutError("unreadable_patch_file", f"{path}: {type(exc).__name__}: {exc}")
-
-
-def _named(band: str, error: CutoutError) -> CutoutError:
-    return CutoutError(error.reason, f"{band} band: {error.detail}")
 
 
 class CutFromCoadds(beam.PTransform):
